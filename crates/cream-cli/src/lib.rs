@@ -1,0 +1,5 @@
+//! cream-cli: the stage binaries. Each binary in `src/bin/` is a thin `main` over library code;
+//! [`flags`] is the one place that defines flags shared by several stages.
+
+pub mod flags;
+pub mod progress;

@@ -1,0 +1,380 @@
+//! The decoder itself: parameters held as trainable [`Var`]s and one forward pass with two
+//! execution modes.
+//!
+//! * [`Mode::Train`] builds the graph from differentiable candle ops only (`rms_norm_slow`-style
+//!   norm, explicit rotate-half RoPE, `softmax` over an additive mask), so `backward()` reaches
+//!   every parameter. candle's fused ops (`ops::rms_norm`, `rotary_emb::rope`,
+//!   `softmax_last_dim`) have no backward and would silently drop gradients.
+//! * [`Mode::Infer`] uses the fused ops on detached weights: no graph is recorded, and it is the
+//!   path for scoring, generation and reference log-probs.
+//!
+//! Weights are kept in Hugging Face order (q/k rows for rotate-half RoPE); the GGUF loader
+//! un-permutes llama.cpp's interleaved rows on the way in.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::kv_cache::KvCache;
+
+use crate::config::ModelConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Differentiable ops on the trainable variables.
+    Train,
+    /// Fused ops on detached weights; no autograd graph.
+    Infer,
+}
+
+struct Layer {
+    input_norm: Var,
+    q: Var,
+    k: Var,
+    v: Var,
+    q_bias: Option<Var>,
+    k_bias: Option<Var>,
+    v_bias: Option<Var>,
+    o: Var,
+    post_norm: Var,
+    gate: Var,
+    up: Var,
+    down: Var,
+}
+
+/// A llama / qwen2 decoder whose every weight is a trainable `Var`.
+pub struct Model {
+    pub cfg: ModelConfig,
+    device: Device,
+    embed: Var,
+    lm_head: Option<Var>,
+    norm: Var,
+    layers: Vec<Layer>,
+    /// Hugging Face name -> variable, in a fixed order (the order of [`expected_shapes`]).
+    named: Vec<(String, Var)>,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Every tensor name the model needs, in Hugging Face naming, with its shape.
+pub fn expected_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (qd, kvd) = (cfg.num_heads * d, cfg.num_kv_heads * d);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![qd, h]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kvd, h]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kvd, h]));
+        if cfg.attention_bias {
+            out.push((format!("{p}.self_attn.q_proj.bias"), vec![qd]));
+            out.push((format!("{p}.self_attn.k_proj.bias"), vec![kvd]));
+            out.push((format!("{p}.self_attn.v_proj.bias"), vec![kvd]));
+        }
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, qd]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+    }
+    out
+}
+
+/// Tensors a checkpoint may carry that the model does not need (derived buffers, a tied head).
+fn ignorable(name: &str, cfg: &ModelConfig) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (cfg.tie_word_embeddings && name == "lm_head.weight")
+}
+
+impl Model {
+    /// Build from named tensors (Hugging Face names, any float dtype). Missing tensors, wrong
+    /// shapes and unexpected names are errors that name the tensor.
+    pub fn from_tensors(
+        cfg: ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        device: &Device,
+        origin: &str,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let mut vars = HashMap::new();
+        let mut named = Vec::new();
+        for (name, shape) in expected_shapes(&cfg) {
+            let t = tensors.remove(&name).with_context(|| {
+                format!("{origin}: tensor `{name}` is missing; the weights do not match the config")
+            })?;
+            ensure!(
+                t.dims() == shape.as_slice(),
+                "{origin}: tensor `{name}` has shape {:?}, expected {:?} from the config",
+                t.dims(),
+                shape
+            );
+            let t = t.to_dtype(DType::F32)?.to_device(device)?;
+            let var = Var::from_tensor(&t)?;
+            vars.insert(name.clone(), var.clone());
+            named.push((name, var));
+        }
+        let mut extra: Vec<_> = tensors.keys().filter(|n| !ignorable(n, &cfg)).cloned().collect();
+        if !extra.is_empty() {
+            extra.sort();
+            bail!(
+                "{origin}: unexpected tensors {:?}{}; is this a {} model with the given config?",
+                &extra[..extra.len().min(5)],
+                if extra.len() > 5 { " ..." } else { "" },
+                cfg.arch.hf_model_type()
+            );
+        }
+        let take = |n: &str| vars[n].clone();
+        let opt = |n: &str| vars.get(n).cloned();
+        let layers = (0..cfg.num_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                Layer {
+                    input_norm: take(&format!("{p}.input_layernorm.weight")),
+                    q: take(&format!("{p}.self_attn.q_proj.weight")),
+                    k: take(&format!("{p}.self_attn.k_proj.weight")),
+                    v: take(&format!("{p}.self_attn.v_proj.weight")),
+                    q_bias: opt(&format!("{p}.self_attn.q_proj.bias")),
+                    k_bias: opt(&format!("{p}.self_attn.k_proj.bias")),
+                    v_bias: opt(&format!("{p}.self_attn.v_proj.bias")),
+                    o: take(&format!("{p}.self_attn.o_proj.weight")),
+                    post_norm: take(&format!("{p}.post_attention_layernorm.weight")),
+                    gate: take(&format!("{p}.mlp.gate_proj.weight")),
+                    up: take(&format!("{p}.mlp.up_proj.weight")),
+                    down: take(&format!("{p}.mlp.down_proj.weight")),
+                }
+            })
+            .collect();
+        let (cos, sin) = rope_tables(&cfg, device)?;
+        Ok(Model {
+            embed: take("model.embed_tokens.weight"),
+            lm_head: opt("lm_head.weight"),
+            norm: take("model.norm.weight"),
+            layers,
+            named,
+            cos,
+            sin,
+            device: device.clone(),
+            cfg,
+        })
+    }
+
+    /// A seeded random model (N(0, 0.02) weights, norms near 1) for tests.
+    pub fn random(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let mut tensors = HashMap::new();
+        for (name, shape) in expected_shapes(&cfg) {
+            let n: usize = shape.iter().product();
+            let is_norm = name.ends_with("norm.weight");
+            let data: Vec<f32> = (0..n)
+                .map(|_| {
+                    let z = rng.normal() as f32;
+                    if is_norm { 1.0 + 0.1 * z } else { 0.02 * z }
+                })
+                .collect();
+            tensors.insert(name, Tensor::from_vec(data, shape, device)?);
+        }
+        Self::from_tensors(cfg, tensors, device, "random model")
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// All trainable parameters with their Hugging Face names, in a fixed order.
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.named
+    }
+
+    /// The output projection (the embedding when tied).
+    fn head(&self) -> &Var {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    fn w(v: &Var, mode: Mode) -> Tensor {
+        match mode {
+            Mode::Train => v.as_tensor().clone(),
+            Mode::Infer => v.as_tensor().detach(),
+        }
+    }
+
+    /// Final hidden states (after the last norm), `(B, T, hidden)`.
+    ///
+    /// * `ids`: `(B, T)` u32 token ids.
+    /// * `positions`: per-token RoPE positions, `(T,)` shared by every row or `(B, T)`.
+    /// * `mask`: additive attention mask broadcastable to `(B, 1, T, T_past + T)`.
+    /// * `cache`: one KV cache per layer (generation); `None` for full-sequence passes.
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut [KvCache]>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.cfg;
+        let (cos, sin) = self.rope_at(positions, b, t)?;
+        let embed = Self::w(&self.embed, mode);
+        let mut x = embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let eps = cfg.rms_norm_eps as f32;
+        let rep = cfg.num_heads / cfg.num_kv_heads;
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let xn = rms_norm(&x, &Self::w(&layer.input_norm, mode), eps, mode)?;
+            let heads = |w: &Var, bias: &Option<Var>, n: usize| -> Result<Tensor> {
+                let y = linear(&xn, &Self::w(w, mode), bias.as_ref().map(|v| Self::w(v, mode)))?;
+                Ok(y.reshape((b, t, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = heads(&layer.q, &layer.q_bias, cfg.num_heads)?;
+            let k = heads(&layer.k, &layer.k_bias, cfg.num_kv_heads)?;
+            let v = heads(&layer.v, &layer.v_bias, cfg.num_kv_heads)?;
+            let q = rope(&q, &cos, &sin, mode)?;
+            let k = rope(&k, &cos, &sin, mode)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c[li].append(&k, &v)?,
+                None => (k, v),
+            };
+            let tk = k.dim(2)?;
+            // Grouped-query attention without copying K/V: the `rep` query heads that share a
+            // KV head are stacked along the time axis.
+            let qg = q.reshape((b, cfg.num_kv_heads, rep * t, cfg.head_dim))?;
+            let scores = (qg.matmul(&k.t()?)? * scale)?
+                .reshape((b, cfg.num_heads, t, tk))?
+                .broadcast_add(mask)?;
+            let probs = match mode {
+                Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+                Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+            };
+            let probs = probs.reshape((b, cfg.num_kv_heads, rep * t, tk))?;
+            let att = probs
+                .matmul(&v)?
+                .reshape((b, cfg.num_heads, t, cfg.head_dim))?
+                .transpose(1, 2)?
+                .reshape((b, t, cfg.num_heads * cfg.head_dim))?;
+            x = (x + linear(&att, &Self::w(&layer.o, mode), None)?)?;
+            let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, mode)?;
+            let g = linear(&xn, &Self::w(&layer.gate, mode), None)?;
+            let u = linear(&xn, &Self::w(&layer.up, mode), None)?;
+            let mlp = linear(&(candle_nn::ops::silu(&g)? * u)?, &Self::w(&layer.down, mode), None)?;
+            x = (x + mlp)?;
+        }
+        rms_norm(&x, &Self::w(&self.norm, mode), eps, mode)
+    }
+
+    /// Logits for hidden rows `(N, hidden)` -> `(N, vocab)`.
+    pub fn logits(&self, hidden_rows: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(hidden_rows.matmul(&Self::w(self.head(), mode).t()?)?)
+    }
+
+    /// Empty per-layer KV caches for up to `max_len` positions.
+    pub fn new_cache(&self, max_len: usize) -> Vec<KvCache> {
+        (0..self.cfg.num_layers).map(|_| KvCache::new(2, max_len)).collect()
+    }
+
+    /// cos/sin rows for the given positions: `(T, D/2)` or `(B, T, D/2)`.
+    fn rope_at(&self, positions: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let max = self.cos.dim(0)?;
+        let flat = positions.flatten_all()?;
+        let top = flat.max(0)?.to_scalar::<u32>()? as usize;
+        ensure!(
+            top < max,
+            "position {top} is beyond the model's context window ({max} positions); truncate the input"
+        );
+        let pick = |table: &Tensor| -> Result<Tensor> {
+            let rows = table.index_select(&flat, 0)?;
+            Ok(match positions.rank() {
+                1 => rows,
+                _ => rows.reshape((b, t, self.cfg.head_dim / 2))?,
+            })
+        };
+        Ok((pick(&self.cos)?, pick(&self.sin)?))
+    }
+}
+
+/// cos/sin tables `(max_pos, D/2)`, computed in f32 exactly as transformers does
+/// (`inv_freq = 1 / theta^(2i/D)` in f32, angle = position * inv_freq in f32).
+fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let max = cfg.max_position_embeddings.max(1);
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(max * half);
+    let mut sin = Vec::with_capacity(max * half);
+    for p in 0..max {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (max, half), device)?,
+        Tensor::from_vec(sin, (max, half), device)?,
+    ))
+}
+
+/// `x @ w^T (+ bias)` over the last axis of a `(B, T, in)` tensor.
+fn linear(x: &Tensor, w: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let y = x.reshape((b * t, i))?.matmul(&w.t()?)?;
+    let y = match bias {
+        Some(bias) => y.broadcast_add(&bias)?,
+        None => y,
+    };
+    Ok(y.reshape((b, t, w.dim(0)?))?)
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
+    Ok(match mode {
+        Mode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?,
+        Mode::Train => {
+            let n = x.dim(D::Minus1)? as f64;
+            let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+            x.broadcast_div(&(ms + eps as f64)?.sqrt()?)?.broadcast_mul(w)?
+        }
+    })
+}
+
+/// Rotate-half RoPE on `(B, H, T, D)`; cos/sin are `(T, D/2)` or `(B, T, D/2)`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+    if mode == Mode::Infer {
+        return Ok(candle_nn::rotary_emb::rope(x, cos, sin)?);
+    }
+    let d = x.dim(D::Minus1)?;
+    let expand = |c: &Tensor| -> Result<Tensor> {
+        let full = Tensor::cat(&[c, c], D::Minus1)?;
+        Ok(match full.rank() {
+            2 => full.unsqueeze(0)?.unsqueeze(0)?,
+            _ => full.unsqueeze(1)?,
+        })
+    };
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&expand(cos)?)? + rotated.broadcast_mul(&expand(sin)?)?)?)
+}
+
+/// Additive attention mask `(B, 1, T, past + T)`: query `i` of row `b` (absolute position
+/// `past + i`) may see key `j` when `j <= past + i` and `j >= left_pad[b]`. A query always sees
+/// itself, so a fully padded row stays finite.
+pub fn attention_mask(left_pad: &[usize], past: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let tk = past + t;
+    let mut m = vec![0f32; left_pad.len() * t * tk];
+    for (bi, &pad) in left_pad.iter().enumerate() {
+        for i in 0..t {
+            let row = &mut m[(bi * t + i) * tk..(bi * t + i + 1) * tk];
+            for (j, v) in row.iter_mut().enumerate() {
+                let visible = j == past + i || (j <= past + i && j >= pad);
+                if !visible {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (left_pad.len(), 1, t, tk), device)?)
+}
