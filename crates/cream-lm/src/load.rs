@@ -57,10 +57,12 @@ impl Gguf<'_> {
             .with_context(|| format!("{}: GGUF metadata key `{key}` is missing", self.path.display()))
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        Ok(self.get(key)?.to_u64().or_else(|_| self.get(key)?.to_u32().map(u64::from))? as usize)
+        let v = self.get(key)?;
+        Ok(v.to_u64().or_else(|_| v.to_u32().map(u64::from))? as usize)
     }
     fn f64(&self, key: &str) -> Result<f64> {
-        Ok(self.get(key)?.to_f32().map(f64::from).or_else(|_| self.get(key)?.to_f64())?)
+        let v = self.get(key)?;
+        Ok(v.to_f32().map(f64::from).or_else(|_| v.to_f64())?)
     }
     fn str(&self, key: &str) -> Option<String> {
         self.md.get(key).and_then(|v| v.to_string().ok()).cloned()

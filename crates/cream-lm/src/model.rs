@@ -27,6 +27,16 @@ pub enum Mode {
     Infer,
 }
 
+/// How tokens attend to each other in a forward pass.
+pub enum Attention {
+    /// Right-padded full sequences with these lengths (one per row), causal within each row.
+    /// Positions past a row's length are padding: their outputs are meaningless.
+    Causal(Vec<usize>),
+    /// An additive mask broadcastable to `(B, 1, T, T_past + T)`, e.g. from [`attention_mask`]
+    /// (left-padded generation with a KV cache).
+    Masked(Tensor),
+}
+
 struct Layer {
     input_norm: Var,
     q: Var,
@@ -205,13 +215,13 @@ impl Model {
     ///
     /// * `ids`: `(B, T)` u32 token ids.
     /// * `positions`: per-token RoPE positions, `(T,)` shared by every row or `(B, T)`.
-    /// * `mask`: additive attention mask broadcastable to `(B, 1, T, T_past + T)`.
+    /// * `attn`: how tokens may attend (see [`Attention`]).
     /// * `cache`: one KV cache per layer (generation); `None` for full-sequence passes.
     pub fn forward_hidden(
         &self,
         ids: &Tensor,
         positions: &Tensor,
-        mask: &Tensor,
+        attn: &Attention,
         mut cache: Option<&mut [KvCache]>,
         mode: Mode,
     ) -> Result<Tensor> {
@@ -223,6 +233,13 @@ impl Model {
         let eps = cfg.rms_norm_eps as f32;
         let rep = cfg.num_heads / cfg.num_kv_heads;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        if let Attention::Causal(lens) = attn {
+            ensure!(
+                lens.len() == b && lens.iter().all(|&l| l >= 1 && l <= t),
+                "causal attention needs one length in 1..={t} per row, got {lens:?}"
+            );
+        }
+        let mut causal_masks: HashMap<usize, Tensor> = HashMap::new();
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = rms_norm(&x, &Self::w(&layer.input_norm, mode), eps, mode)?;
             let heads = |w: &Var, bias: &Option<Var>, n: usize| -> Result<Tensor> {
@@ -238,23 +255,24 @@ impl Model {
                 Some(c) => c[li].append(&k, &v)?,
                 None => (k, v),
             };
-            let tk = k.dim(2)?;
-            // Grouped-query attention without copying K/V: the `rep` query heads that share a
-            // KV head are stacked along the time axis.
-            let qg = q.reshape((b, cfg.num_kv_heads, rep * t, cfg.head_dim))?;
-            let scores = (qg.matmul(&k.t()?)? * scale)?
-                .reshape((b, cfg.num_heads, t, tk))?
-                .broadcast_add(mask)?;
-            let probs = match mode {
-                Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
-                Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+            let att = match attn {
+                Attention::Masked(mask) => sdpa(&q, &k, &v, mask, rep, scale, mode)?,
+                Attention::Causal(lens) => {
+                    // Each row attends over its own length only, so padding never enters a
+                    // reduction and a row's numbers do not depend on its batch.
+                    let mut rows = Vec::with_capacity(b);
+                    for (row, &len) in lens.iter().enumerate() {
+                        let sl = |x: &Tensor| x.narrow(0, row, 1)?.narrow(2, 0, len);
+                        let mask = causal_masks.entry(len).or_insert_with(|| {
+                            attention_mask(&[0], 0, len, &self.device).expect("mask")
+                        });
+                        let a = sdpa(&sl(&q)?, &sl(&k)?, &sl(&v)?, mask, rep, scale, mode)?;
+                        rows.push(if len < t { a.pad_with_zeros(2, 0, t - len)? } else { a });
+                    }
+                    Tensor::cat(&rows, 0)?
+                }
             };
-            let probs = probs.reshape((b, cfg.num_kv_heads, rep * t, tk))?;
-            let att = probs
-                .matmul(&v)?
-                .reshape((b, cfg.num_heads, t, cfg.head_dim))?
-                .transpose(1, 2)?
-                .reshape((b, t, cfg.num_heads * cfg.head_dim))?;
+            let att = att.transpose(1, 2)?.reshape((b, t, cfg.num_heads * cfg.head_dim))?;
             x = (x + linear(&att, &Self::w(&layer.o, mode), None)?)?;
             let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, mode)?;
             let g = linear(&xn, &Self::w(&layer.gate, mode), None)?;
@@ -293,6 +311,21 @@ impl Model {
         };
         Ok((pick(&self.cos)?, pick(&self.sin)?))
     }
+}
+
+/// Scaled dot-product attention on `(B, H, T, D)` queries and `(B, H_kv, T_k, D)` keys/values,
+/// returning `(B, H, T, D)`. Grouped-query attention without copying K/V: the `rep` query heads
+/// that share a KV head are stacked along the time axis.
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, rep: usize, scale: f64, mode: Mode) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (hkv, tk) = (k.dim(1)?, k.dim(2)?);
+    let qg = q.reshape((b, hkv, rep * t, d))?;
+    let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, tk))?.broadcast_add(mask)?;
+    let probs = match mode {
+        Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+    };
+    Ok(probs.reshape((b, hkv, rep * t, tk))?.matmul(&v)?.reshape((b, h, t, d))?)
 }
 
 /// cos/sin tables `(max_pos, D/2)`, computed in f32 exactly as transformers does

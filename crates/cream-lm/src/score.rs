@@ -7,7 +7,7 @@
 use anyhow::{Result, ensure};
 use candle_core::{D, DType, Tensor};
 
-use crate::model::{Mode, Model, attention_mask};
+use crate::model::{Attention, Mode, Model};
 use crate::tokenizer::Conversation;
 
 /// Log-probs of one conversation's scored tokens (`ids[score_start..]`).
@@ -36,7 +36,7 @@ impl Default for ScoreOptions {
 pub struct TokenBatch {
     pub ids: Tensor,
     pub positions: Tensor,
-    pub mask: Tensor,
+    pub attn: Attention,
     /// Index into the flattened `(B*T, hidden)` states of the position predicting each target.
     pub rows: Tensor,
     pub targets: Vec<u32>,
@@ -80,7 +80,7 @@ impl TokenBatch {
         Ok(TokenBatch {
             ids: Tensor::from_vec(ids, (convs.len(), t), dev)?,
             positions: Tensor::arange(0u32, t as u32, dev)?,
-            mask: attention_mask(&[0], 0, t, dev)?,
+            attn: Attention::Causal(convs.iter().map(|c| c.ids.len()).collect()),
             rows: Tensor::from_vec(rows.clone(), rows.len(), dev)?,
             targets,
             n_scored,
@@ -88,7 +88,7 @@ impl TokenBatch {
     }
 
     fn hidden_rows(&self, model: &Model, mode: Mode) -> Result<Tensor> {
-        let h = model.forward_hidden(&self.ids, &self.positions, &self.mask, None, mode)?;
+        let h = model.forward_hidden(&self.ids, &self.positions, &self.attn, None, mode)?;
         let (b, t, d) = h.dims3()?;
         Ok(h.reshape((b * t, d))?.index_select(&self.rows, 0)?)
     }

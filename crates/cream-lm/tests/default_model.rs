@@ -23,13 +23,13 @@ fn tensor_probes_match_golden_dequantisation() {
         assert!((sum - want).abs() <= 1e-6 * probe["sum_abs_f64"].as_f64().unwrap(), "{name}: sum {sum} vs {want}");
         assert!((sum_abs - probe["sum_abs_f64"].as_f64().unwrap()).abs() < 1e-3, "{name}: sum_abs");
         let first8: Vec<f64> = flat[..8].iter().map(|&x| x as f64).collect();
-        assert_eq!(first8, f64s(&probe["hf_flat_first8"]), "{name}: first 8 values");
+        assert_close(&first8, &f64s(&probe["hf_flat_first8"]), &format!("{name}: first 8 values"));
         if !probe["hf_row1_first8"].is_null() {
             let cols = t.dim(1).unwrap();
             let row1: Vec<f64> = flat[cols..cols + 8].iter().map(|&x| x as f64).collect();
-            assert_eq!(row1, f64s(&probe["hf_row1_first8"]), "{name}: row 1");
+            assert_close(&row1, &f64s(&probe["hf_row1_first8"]), &format!("{name}: row 1"));
             let row32: Vec<f64> = flat[32 * cols..32 * cols + 8].iter().map(|&x| x as f64).collect();
-            assert_eq!(row32, f64s(&probe["hf_row32_first8"]), "{name}: row 32 (q/k un-permutation)");
+            assert_close(&row32, &f64s(&probe["hf_row32_first8"]), &format!("{name}: row 32 (q/k un-permutation)"));
         }
     }
 }
@@ -83,7 +83,7 @@ fn logits_probe_matches_golden() {
         let ids = u32s(&c["token_ids"]);
         let conv = Conversation { score_start: 1, ids: ids.clone() };
         let batch = TokenBatch::new(&lm.model, &[&conv]).unwrap();
-        let h = lm.model.forward_hidden(&batch.ids, &batch.positions, &batch.mask, None, Mode::Infer).unwrap();
+        let h = lm.model.forward_hidden(&batch.ids, &batch.positions, &batch.attn, None, Mode::Infer).unwrap();
         let h = h.squeeze(0).unwrap();
         let n = ids.len();
         let rows = Tensor::new(&[0u32, (n - 1) as u32], &Device::Cpu).unwrap();
@@ -229,4 +229,12 @@ fn special_token_strings_in_text_stay_text() {
     let plain = lm.tokenizer.encode_conversation("Hello", "\n\nWorld").unwrap();
     let rendered = lm.tokenizer.render(&[cream_lm::Message::user("Hello"), cream_lm::Message::assistant("\n\nWorld")], false).unwrap();
     assert_eq!(plain.ids, lm.tokenizer.encode_raw(&rendered).unwrap());
+}
+
+/// Dequantised f32 values printed as decimals: equal up to JSON float parsing (1 ulp of f64).
+fn assert_close(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 1e-12 * y.abs().max(1e-30), "{what}: {a:?} vs {b:?}");
+    }
 }

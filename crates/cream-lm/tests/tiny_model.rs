@@ -1,7 +1,7 @@
 //! Properties of the decoder on a seeded random tiny llama (no files needed).
 
 use candle_core::{Device, Tensor, Var};
-use cream_lm::model::attention_mask;
+use cream_lm::model::{Attention, attention_mask};
 use cream_lm::rng::SplitMix64;
 use cream_lm::{Conversation, Mode, Model, ModelConfig, SamplingParams, ScoreOptions, TokenBatch};
 
@@ -99,7 +99,7 @@ fn kv_cache_decoding_matches_full_forward_with_left_padding() {
         .forward_hidden(
             &Tensor::new(seq.as_slice(), &dev).unwrap().unsqueeze(0).unwrap(),
             &Tensor::arange(0u32, seq.len() as u32, &dev).unwrap(),
-            &attention_mask(&[0], 0, seq.len(), &dev).unwrap(),
+            &Attention::Masked(attention_mask(&[0], 0, seq.len(), &dev).unwrap()),
             None,
             Mode::Infer,
         )
@@ -119,7 +119,7 @@ fn kv_cache_decoding_matches_full_forward_with_left_padding() {
         .forward_hidden(
             &Tensor::from_vec(ids, (1, n), &dev).unwrap(),
             &Tensor::from_vec(pos, (1, n), &dev).unwrap(),
-            &attention_mask(&[pad], 0, n, &dev).unwrap(),
+            &Attention::Masked(attention_mask(&[pad], 0, n, &dev).unwrap()),
             Some(&mut cache),
             Mode::Infer,
         )
@@ -133,7 +133,7 @@ fn kv_cache_decoding_matches_full_forward_with_left_padding() {
             .forward_hidden(
                 &Tensor::new(&[[tok]], &dev).unwrap(),
                 &Tensor::new(&[[(prefill + step) as u32]], &dev).unwrap(),
-                &attention_mask(&[pad], past, 1, &dev).unwrap(),
+                &Attention::Masked(attention_mask(&[pad], past, 1, &dev).unwrap()),
                 Some(&mut cache),
                 Mode::Infer,
             )
