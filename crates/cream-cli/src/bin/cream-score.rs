@@ -5,7 +5,7 @@
 //! "sum_logprob", "mean_logprob"}`. The scored tokens are everything after the user-only chat
 //! prefix (assistant header, response, end-of-turn), as in the CREAM spec.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
