@@ -12,6 +12,7 @@ pub mod model;
 pub mod rng;
 pub mod score;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::{Arch, ModelConfig};
 pub use generate::{FinishReason, GenOutput, GenRequest, SamplingParams, generate, sample_token};
