@@ -16,15 +16,17 @@ use crate::{Error, Result};
 ///
 /// Ordinal ranks have no ties, so this is (concordant - discordant) / (n(n-1)/2) over all pairs;
 /// a pair tied in the raw values is ordered by position in both vectors and therefore counts as
-/// concordant when tied in both (pitfall 6). Computed with scipy's formula, so it reproduces
-/// scipy's rounding.
+/// concordant when tied in both (pitfall 6). Exact at ±1 (scipy's rounding can give
+/// 0.9999999999999998 there); elsewhere within an ulp or two of scipy.
 ///
 /// # Errors
 /// [`Error::LengthMismatch`], [`Error::TooShort`] (fewer than 2 values) or [`Error::Nan`].
 pub fn kendall_tau_ordinal(a: &[f64], b: &[f64]) -> Result<f64> {
     check_pair(a, "a", b, "b")?;
     let counts = pair_counts(&ordinal_ranks(a)?, &ordinal_ranks(b)?);
-    Ok(counts.tau_b().expect("ordinal ranks of 2 or more values are never all tied"))
+    Ok(counts
+        .tau_b()
+        .expect("ordinal ranks of 2 or more values are never all tied"))
 }
 
 /// Kendall tau-b on the raw values (spec pitfall 6, the tie-aware option), as scipy's
@@ -199,22 +201,27 @@ struct PairCounts {
 }
 
 impl PairCounts {
-    /// scipy's tau-b: `con_minus_dis / sqrt(total - tied_a) / sqrt(total - tied_b)`, clipped to
-    /// [-1, 1]; `None` (scipy: NaN) when one side is all tied.
+    /// tau-b = `con_minus_dis / sqrt((total - tied_a)(total - tied_b))`, clipped to [-1, 1] as
+    /// scipy does; `None` (scipy: NaN) when one side is all tied. Without ties the root is exactly
+    /// `total`, so tau is exactly (concordant - discordant) / total.
     fn tau_b(&self) -> Option<f64> {
         if self.tied_a == self.total || self.tied_b == self.total {
             return None;
         }
-        let tau = self.con_minus_dis as f64
-            / ((self.total - self.tied_a) as f64).sqrt()
-            / ((self.total - self.tied_b) as f64).sqrt();
-        Some(tau.clamp(-1.0, 1.0))
+        let denominator =
+            ((self.total - self.tied_a) as f64 * (self.total - self.tied_b) as f64).sqrt();
+        Some((self.con_minus_dis as f64 / denominator).clamp(-1.0, 1.0))
     }
 }
 
 /// Counts over the pairs of two equally long, NaN-free vectors.
 fn pair_counts<T: PartialOrd>(a: &[T], b: &[T]) -> PairCounts {
-    let mut counts = PairCounts { con_minus_dis: 0, total: 0, tied_a: 0, tied_b: 0 };
+    let mut counts = PairCounts {
+        con_minus_dis: 0,
+        total: 0,
+        tied_a: 0,
+        tied_b: 0,
+    };
     for j in 1..a.len() {
         for i in 0..j {
             let sa = a[i].partial_cmp(&a[j]).expect("NaN was rejected");
@@ -237,12 +244,25 @@ mod tests {
     #[test]
     fn input_errors_name_the_problem() {
         let err = prompt_consistency(Method::Kendall, &[1.0, 2.0], &[1.0]).unwrap_err();
-        assert!(err.to_string().contains("current has 2 values but previous has 1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("current has 2 values but previous has 1"),
+            "{err}"
+        );
         let err = prompt_consistency(Method::Spearman, &[1.0], &[1.0]).unwrap_err();
         assert_eq!(err, Error::TooShort { len: 1 });
         let err = prompt_consistency(Method::TopOrder, &[1.0, 2.0], &[0.0, f64::NAN]).unwrap_err();
-        assert_eq!(err, Error::Nan { what: "previous", index: 1 });
-        assert!(matches!(kendall_tau_b(&[], &[]), Err(Error::TooShort { len: 0 })));
+        assert_eq!(
+            err,
+            Error::Nan {
+                what: "previous",
+                index: 1
+            }
+        );
+        assert!(matches!(
+            kendall_tau_b(&[], &[]),
+            Err(Error::TooShort { len: 0 })
+        ));
     }
 
     #[test]
@@ -255,7 +275,9 @@ mod tests {
     #[test]
     fn tau_b_handles_ties_like_scipy() {
         // scipy.stats.kendalltau([1, 2, 2, 3], [1, 3, 2, 4]).statistic = 5 / sqrt(5 * 6)
-        let tau = kendall_tau_b(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 4.0]).unwrap().unwrap();
+        let tau = kendall_tau_b(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 4.0])
+            .unwrap()
+            .unwrap();
         assert!((tau - 5.0 / 30f64.sqrt()).abs() < 1e-15, "{tau}");
     }
 
@@ -265,11 +287,17 @@ mod tests {
         let prev = [3.0, 2.0, 1.0, 1.0];
         // ordinal ranks: cur [4, 1, 2, 3], prev [4, 3, 1, 2]: 4 concordant, 2 discordant pairs.
         let k = prompt_consistency(Method::Kendall, &cur, &prev).unwrap();
-        assert!((k.stat - 1.0 / 3.0).abs() < 1e-15 && (k.c - 2.0 / 3.0).abs() < 1e-15, "{k:?}");
+        assert!(
+            (k.stat - 1.0 / 3.0).abs() < 1e-15 && (k.c - 2.0 / 3.0).abs() < 1e-15,
+            "{k:?}"
+        );
         assert_eq!((k.ties_current, k.ties_previous), (1, 1));
         // Σd² = 0 + 4 + 1 + 1 = 6: rho = 1 - 36 / 60.
         let s = prompt_consistency(Method::Spearman, &cur, &prev).unwrap();
-        assert!((s.stat - 0.4).abs() < 1e-15 && (s.c - 0.7).abs() < 1e-15, "{s:?}");
+        assert!(
+            (s.stat - 0.4).abs() < 1e-15 && (s.c - 0.7).abs() < 1e-15,
+            "{s:?}"
+        );
         // argmax agrees (0), first argmin does not (1 vs 2).
         let t = prompt_consistency(Method::TopOrder, &cur, &prev).unwrap();
         assert_eq!((t.stat, t.c), (0.0, 0.0));
@@ -292,7 +320,10 @@ mod tests {
             assert_eq!(serde_json::from_str::<Method>(name).unwrap(), method);
         }
         assert_eq!(serde_json::to_string(&CMode::Dyn).unwrap(), "\"dyn\"");
-        assert_eq!(serde_json::from_str::<CMode>("{\"fixed\":0.8}").unwrap(), CMode::Fixed(0.8));
+        assert_eq!(
+            serde_json::from_str::<CMode>("{\"fixed\":0.8}").unwrap(),
+            CMode::Fixed(0.8)
+        );
     }
 
     #[test]
@@ -301,7 +332,13 @@ mod tests {
         assert_eq!(CMode::Dyn.pair_c(0.7, 0.2), 0.2);
         assert_eq!(CMode::Fixed(1.0).pair_c(0.7, 0.2), 1.0);
         assert_eq!(dataset_c(&[0.5, 1.0, 0.0, 0.5]).unwrap(), 0.5);
-        assert_eq!(dataset_c(&[]).unwrap_err(), Error::Empty("per-prompt consistency list"));
-        assert!(matches!(dataset_c(&[0.5, f64::NAN]), Err(Error::Nan { index: 1, .. })));
+        assert_eq!(
+            dataset_c(&[]).unwrap_err(),
+            Error::Empty("per-prompt consistency list")
+        );
+        assert!(matches!(
+            dataset_c(&[0.5, f64::NAN]),
+            Err(Error::Nan { index: 1, .. })
+        ));
     }
 }

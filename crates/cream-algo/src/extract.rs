@@ -26,10 +26,17 @@ pub fn extract_choice(text: &str, compat_last_letter: bool) -> Option<char> {
         .filter(|&(i, _)| !word_char_before(&lower, i))
         .find_map(|(i, marker)| {
             let rest = lower[i + marker.len()..].trim_start();
-            let rest = rest.strip_prefix('(').or_else(|| rest.strip_prefix("**")).unwrap_or(rest);
+            let rest = rest
+                .strip_prefix('(')
+                .or_else(|| rest.strip_prefix("**"))
+                .unwrap_or(rest);
             standalone_choice(rest.trim_start())
         });
-    marked.or_else(|| compat_last_letter.then(|| last_standalone_choice(&lower)).flatten())
+    marked.or_else(|| {
+        compat_last_letter
+            .then(|| last_standalone_choice(&lower))
+            .flatten()
+    })
 }
 
 /// The numeric answer of a GSM8K response (spec "Evaluation"), normalised by
@@ -42,7 +49,10 @@ pub fn extract_choice(text: &str, compat_last_letter: bool) -> Option<char> {
 /// before numbers are read ("1,234" is 1234); a number is `-?\d+(\.\d*)?`.
 pub fn extract_number(text: &str) -> Option<String> {
     let lower = text.to_ascii_lowercase().replace(',', "");
-    let number = match NUMBER_MARKERS.iter().find_map(|m| lower.find(m).map(|i| i + m.len())) {
+    let number = match NUMBER_MARKERS
+        .iter()
+        .find_map(|m| lower.find(m).map(|i| i + m.len()))
+    {
         Some(after) => numbers(&lower[after..]).next(),
         None => numbers(&lower).last(),
     };
@@ -72,7 +82,11 @@ pub fn normalize_number(s: &str) -> Option<String> {
     let int = int.trim_start_matches('0');
     let int = if int.is_empty() { "0" } else { int };
     let frac = frac.trim_end_matches('0');
-    let sign = if negative && (int != "0" || !frac.is_empty()) { "-" } else { "" };
+    let sign = if negative && (int != "0" || !frac.is_empty()) {
+        "-"
+    } else {
+        ""
+    };
     Some(match frac {
         "" => format!("{sign}{int}"),
         _ => format!("{sign}{int}.{frac}"),
@@ -125,7 +139,10 @@ fn last_standalone_choice(lower: &str) -> Option<char> {
 fn numbers(s: &str) -> impl Iterator<Item = &str> {
     let bytes = s.as_bytes();
     let digits_end = move |from: usize| {
-        from + bytes[from..].iter().take_while(|b| b.is_ascii_digit()).count()
+        from + bytes[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
     };
     let mut pos = 0;
     std::iter::from_fn(move || {

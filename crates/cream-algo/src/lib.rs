@@ -42,7 +42,9 @@ pub enum Error {
         index: usize,
     },
     /// Two reward vectors of one prompt have different lengths.
-    #[error("{left} has {left_len} values but {right} has {right_len}; both must rank the same responses")]
+    #[error(
+        "{left} has {left_len} values but {right} has {right_len}; both must rank the same responses"
+    )]
     LengthMismatch {
         /// Name of the first vector.
         left: &'static str,

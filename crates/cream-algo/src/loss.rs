@@ -49,7 +49,10 @@ pub fn cdpo_loss(
     c: f64,
     beta: f64,
 ) -> f64 {
-    cdpo_loss_from_margin(dpo_margin(s_pol_chosen, s_ref_chosen, s_pol_rej, s_ref_rej, beta), c)
+    cdpo_loss_from_margin(
+        dpo_margin(s_pol_chosen, s_ref_chosen, s_pol_rej, s_ref_rej, beta),
+        c,
+    )
 }
 
 /// dl/dD = sigmoid(D) - C (spec step 6).
@@ -139,6 +142,9 @@ mod tests {
         let batch = [pair(1.0), pair(0.0)];
         let expected = (cdpo_loss_from_margin(0.2, 1.0) + cdpo_loss_from_margin(0.2, 0.0)) / 2.0;
         assert!((cdpo_batch_loss(&batch, 0.1).unwrap() - expected).abs() < 1e-15);
-        assert_eq!(cdpo_batch_loss(&[], 0.1).unwrap_err(), Error::Empty("DPO batch"));
+        assert_eq!(
+            cdpo_batch_loss(&[], 0.1).unwrap_err(),
+            Error::Empty("DPO batch")
+        );
     }
 }

@@ -23,13 +23,19 @@ mod tests {
 
     #[test]
     fn first_extremes_and_drops() {
-        assert_eq!(select_pair(&[0.1, 0.5, -2.0, 0.5, -2.0]).unwrap(), Some((1, 2)));
+        assert_eq!(
+            select_pair(&[0.1, 0.5, -2.0, 0.5, -2.0]).unwrap(),
+            Some((1, 2))
+        );
         assert_eq!(select_pair(&[3.0, 3.0, 3.0]).unwrap(), None);
         assert_eq!(select_pair(&[3.0]).unwrap(), None);
         assert_eq!(select_pair(&[]).unwrap(), None);
         assert_eq!(
             select_pair(&[1.0, f64::NAN]).unwrap_err(),
-            Error::Nan { what: "rewards", index: 1 }
+            Error::Nan {
+                what: "rewards",
+                index: 1
+            }
         );
     }
 }

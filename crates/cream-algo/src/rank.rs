@@ -56,7 +56,13 @@ mod tests {
     #[test]
     fn nan_is_an_error_naming_its_index() {
         let err = ordinal_ranks(&[1.0, 2.0, f64::NAN, f64::NAN]).unwrap_err();
-        assert_eq!(err, Error::Nan { what: "x", index: 2 });
+        assert_eq!(
+            err,
+            Error::Nan {
+                what: "x",
+                index: 2
+            }
+        );
         assert!(err.to_string().contains("x[2]"), "{err}");
     }
 

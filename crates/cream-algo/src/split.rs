@@ -27,7 +27,9 @@ pub fn hash_fraction(id: &str, salt: &str) -> f64 {
     hasher.update(&(salt.len() as u64).to_le_bytes());
     hasher.update(salt.as_bytes());
     hasher.update(id.as_bytes());
-    let head: [u8; 8] = hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes");
+    let head: [u8; 8] = hasher.finalize().as_bytes()[..8]
+        .try_into()
+        .expect("8 bytes");
     (u64::from_le_bytes(head) >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -1,6 +1,8 @@
 //! Answer extraction (spec "Evaluation").
 
-use cream_algo::{Error, extract_choice, extract_number, gsm8k_gold, normalize_number, numbers_equal};
+use cream_algo::{
+    Error, extract_choice, extract_number, gsm8k_gold, normalize_number, numbers_equal,
+};
 
 #[test]
 fn choice_after_answer_marker() {
@@ -70,7 +72,10 @@ fn number_normalisation_and_equality() {
     assert_eq!(normalize_number(" $1,234. ").as_deref(), Some("1234"));
     assert_eq!(normalize_number("-0.00").as_deref(), Some("0"));
     assert_eq!(normalize_number("0.50").as_deref(), Some("0.5"));
-    assert_eq!(normalize_number("123456789012345678901").as_deref(), Some("123456789012345678901"));
+    assert_eq!(
+        normalize_number("123456789012345678901").as_deref(),
+        Some("123456789012345678901")
+    );
     for bad in ["", "-", ".5", "1.2.3", "12a", "$", "1e5"] {
         assert_eq!(normalize_number(bad), None, "{bad:?}");
     }
@@ -87,6 +92,9 @@ fn gsm8k_gold_answers() {
     assert_eq!(gsm8k_gold(field).unwrap(), "72");
     assert_eq!(gsm8k_gold("so\n#### 1,000").unwrap(), "1000");
     assert_eq!(gsm8k_gold("#### -5").unwrap(), "-5");
-    assert_eq!(gsm8k_gold("no marker 5"), Err(Error::Gsm8kGold("no marker 5".into())));
+    assert_eq!(
+        gsm8k_gold("no marker 5"),
+        Err(Error::Gsm8kGold("no marker 5".into()))
+    );
     assert!(gsm8k_gold("#### seventy").is_err());
 }

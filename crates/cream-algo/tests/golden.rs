@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use cream_algo::{
-    Method, PairLogps, cdpo_batch_loss, cdpo_loss, dpo_margin, kendall_tau_ordinal,
-    ordinal_ranks, prompt_consistency, select_pair,
+    Method, PairLogps, cdpo_batch_loss, cdpo_loss, dpo_margin, kendall_tau_ordinal, ordinal_ranks,
+    prompt_consistency, select_pair,
 };
 use serde::Deserialize;
 
@@ -78,7 +78,10 @@ const TAU_TOL: f64 = 1e-12;
 const LOSS_TOL: f64 = 1e-9;
 
 fn golden() -> Golden {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden/smollm2_dpo.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/golden/smollm2_dpo.json"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
 }
@@ -89,11 +92,19 @@ fn c_key(c: f64) -> String {
 }
 
 fn assert_close(actual: f64, expected: f64, tol: f64, what: &str) {
-    assert!((actual - expected).abs() <= tol, "{what}: got {actual:e}, golden {expected:e}");
+    assert!(
+        (actual - expected).abs() <= tol,
+        "{what}: got {actual:e}, golden {expected:e}"
+    );
 }
 
 /// The chosen/rejected log-probs of a group with the given S fields and C.
-fn pair_logps(g: &Group, s_pol: fn(&Response) -> f64, s_ref: fn(&Response) -> f64, c: f64) -> PairLogps {
+fn pair_logps(
+    g: &Group,
+    s_pol: fn(&Response) -> f64,
+    s_ref: fn(&Response) -> f64,
+    c: f64,
+) -> PairLogps {
     let (chosen, rejected) = (&g.responses[g.chosen_index], &g.responses[g.rejected_index]);
     PairLogps {
         policy_chosen: s_pol(chosen),
@@ -109,12 +120,25 @@ fn kendall_unit_cases() {
     let golden = golden();
     assert!(!golden.kendall_unit_cases.is_empty());
     for (k, case) in golden.kendall_unit_cases.iter().enumerate() {
-        assert_eq!(ordinal_ranks(&case.a).unwrap(), case.ranks_a, "case {k} ranks_a");
-        assert_eq!(ordinal_ranks(&case.b).unwrap(), case.ranks_b, "case {k} ranks_b");
+        assert_eq!(
+            ordinal_ranks(&case.a).unwrap(),
+            case.ranks_a,
+            "case {k} ranks_a"
+        );
+        assert_eq!(
+            ordinal_ranks(&case.b).unwrap(),
+            case.ranks_b,
+            "case {k} ranks_b"
+        );
         let tau = kendall_tau_ordinal(&case.a, &case.b).unwrap();
         assert_close(tau, case.tau, TAU_TOL, &format!("case {k} tau"));
         let pc = prompt_consistency(Method::Kendall, &case.a, &case.b).unwrap();
-        assert_close(pc.c, (case.tau + 1.0) / 2.0, TAU_TOL, &format!("case {k} C"));
+        assert_close(
+            pc.c,
+            (case.tau + 1.0) / 2.0,
+            TAU_TOL,
+            &format!("case {k} C"),
+        );
     }
 }
 
@@ -132,13 +156,22 @@ fn groups_rewards_ranks_tau_and_pairs() {
             assert_close(r1[k], g.r1[k], 1e-12, &format!("{name} group r1[{k}]"));
             assert_close(r2[k], g.r2[k], 1e-12, &format!("{name} group r2[{k}]"));
             let r1_f64 = r.S_P1_f64_model - r.S_ref_f64_model;
-            assert_close(r1_f64, r.r1_f64_model, 1e-12, &format!("{name} r1_f64_model[{k}]"));
+            assert_close(
+                r1_f64,
+                r.r1_f64_model,
+                1e-12,
+                &format!("{name} r1_f64_model[{k}]"),
+            );
         }
         assert_eq!(ordinal_ranks(&g.r1).unwrap(), g.ranks_r1_ordinal, "{name}");
         assert_eq!(ordinal_ranks(&g.r2).unwrap(), g.ranks_r2_ordinal, "{name}");
         let tau = kendall_tau_ordinal(&g.r1, &g.r2).unwrap();
         assert_close(tau, g.kendall_tau_r1_r2, TAU_TOL, &format!("{name} tau"));
-        assert_eq!(select_pair(&g.r1).unwrap(), Some((g.chosen_index, g.rejected_index)), "{name}");
+        assert_eq!(
+            select_pair(&g.r1).unwrap(),
+            Some((g.chosen_index, g.rejected_index)),
+            "{name}"
+        );
     }
 }
 
@@ -180,14 +213,28 @@ fn group_dpo_margins_and_losses() {
         for v in &VARIANTS {
             let what = format!("{} ({})", g.prompt, v.name);
             let p = pair_logps(g, v.s_pol, v.s_ref, 1.0);
-            let (pc, rc, pr, rr) =
-                (p.policy_chosen, p.reference_chosen, p.policy_rejected, p.reference_rejected);
-            assert_close(dpo_margin(pc, rc, pr, rr, golden.beta), (v.d)(&g.dpo), LOSS_TOL, &what);
+            let (pc, rc, pr, rr) = (
+                p.policy_chosen,
+                p.reference_chosen,
+                p.policy_rejected,
+                p.reference_rejected,
+            );
+            assert_close(
+                dpo_margin(pc, rc, pr, rr, golden.beta),
+                (v.d)(&g.dpo),
+                LOSS_TOL,
+                &what,
+            );
             let losses = (v.losses)(&g.dpo);
             assert_eq!(losses.len(), golden.c_values.len(), "{what}");
             for &c in &golden.c_values {
                 let loss = cdpo_loss(pc, rc, pr, rr, c, golden.beta);
-                assert_close(loss, losses[&c_key(c)], LOSS_TOL, &format!("{what} at C = {c}"));
+                assert_close(
+                    loss,
+                    losses[&c_key(c)],
+                    LOSS_TOL,
+                    &format!("{what} at C = {c}"),
+                );
             }
         }
     }

@@ -26,7 +26,9 @@ fn distinct() -> impl Strategy<Value = Vec<f64>> {
 fn brute_ordinal_ranks(x: &[f64]) -> Vec<u32> {
     (0..x.len())
         .map(|i| {
-            let before = (0..x.len()).filter(|&j| x[j] < x[i] || (x[j] == x[i] && j < i)).count();
+            let before = (0..x.len())
+                .filter(|&j| x[j] < x[i] || (x[j] == x[i] && j < i))
+                .count();
             u32::try_from(before + 1).unwrap()
         })
         .collect()
@@ -54,7 +56,8 @@ fn brute_tau_b(a: &[f64], b: &[f64]) -> Option<f64> {
             n0 += 1.0;
             n1 += f64::from(u8::from(a[i] == a[j]));
             n2 += f64::from(u8::from(b[i] == b[j]));
-            score += ((a[i] - a[j]) * (b[i] - b[j])).signum() * f64::from(u8::from(a[i] != a[j] && b[i] != b[j]));
+            score += ((a[i] - a[j]) * (b[i] - b[j])).signum()
+                * f64::from(u8::from(a[i] != a[j] && b[i] != b[j]));
         }
     }
     (n1 < n0 && n2 < n0).then(|| score / ((n0 - n1) * (n0 - n2)).sqrt())

@@ -11,11 +11,17 @@ fn split_evenly_sizes_and_order() {
             let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
             let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
             assert!(max - min <= 1, "n {n}, parts {parts}: {sizes:?}");
-            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "larger chunks first: {sizes:?}");
+            assert!(
+                sizes.windows(2).all(|w| w[0] >= w[1]),
+                "larger chunks first: {sizes:?}"
+            );
             assert_eq!(chunks.concat(), (0..n).collect::<Vec<_>>());
         }
     }
-    assert_eq!(split_evenly(vec!['a', 'b', 'c', 'd', 'e'], 2), [vec!['a', 'b', 'c'], vec!['d', 'e']]);
+    assert_eq!(
+        split_evenly(vec!['a', 'b', 'c', 'd', 'e'], 2),
+        [vec!['a', 'b', 'c'], vec!['d', 'e']]
+    );
 }
 
 #[test]
@@ -27,10 +33,13 @@ fn split_into_zero_parts_panics() {
 #[test]
 fn prompt_id_is_pinned_and_sensitive() {
     let id = prompt_id("oasst1", "What is the capital of France?");
-    assert_eq!(id, "PINNED");
+    assert_eq!(id, "47e3ed50ae1109ac");
     assert_eq!(id, prompt_id("oasst1", "What is the capital of France?"));
     assert_eq!(id.len(), 16);
-    assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     assert_ne!(id, prompt_id("oasst2", "What is the capital of France?"));
     assert_ne!(id, prompt_id("oasst1", "What is the capital of France? "));
     // The length prefix separates source from text.
@@ -39,7 +48,9 @@ fn prompt_id_is_pinned_and_sensitive() {
 
 #[test]
 fn hash_fraction_is_deterministic_uniform_and_salted() {
-    let ids: Vec<String> = (0..2000).map(|i| prompt_id("src", &i.to_string())).collect();
+    let ids: Vec<String> = (0..2000)
+        .map(|i| prompt_id("src", &i.to_string()))
+        .collect();
     let fractions: Vec<f64> = ids.iter().map(|id| hash_fraction(id, "heldout")).collect();
     assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
     let mean = fractions.iter().sum::<f64>() / fractions.len() as f64;
@@ -47,6 +58,8 @@ fn hash_fraction_is_deterministic_uniform_and_salted() {
     let below = fractions.iter().filter(|&&f| f < 0.1).count();
     assert!((150..250).contains(&below), "{below} of 2000 below 0.1");
     assert_eq!(hash_fraction(&ids[0], "heldout"), fractions[0]);
-    let resalted = ids.iter().filter(|id| hash_fraction(id, "other") != hash_fraction(id, "heldout"));
+    let resalted = ids
+        .iter()
+        .filter(|id| hash_fraction(id, "other") != hash_fraction(id, "heldout"));
     assert_eq!(resalted.count(), ids.len());
 }
