@@ -29,17 +29,98 @@ build:
 test *args: setup
     cargo test --release --workspace "$@"
 
-# The loop issue replaces this body: SFT -> T CREAM iterations -> evaluation, driven by `pipeline`.
-# Until the loop exists, it runs a smoke job on the default model: score three responses, chat once.
-# just passes `just iterate pipeline=X` as the literal argument "pipeline=X", so strip that prefix:
-# both `just iterate X` and `just iterate pipeline=X` then name config X.
+# Where cargo puts binaries (.ci/run points CARGO_TARGET_DIR at a build cache).
+bin := env_var_or_default("CARGO_TARGET_DIR", "target") + "/release"
 
-# Run the self-rewarding loop for a pipeline config (for now: a smoke job on the default model).
+# SFT (M0 -> M1), then per iteration generate -> judge (current, previous) -> consistency ->
+# pair -> train, then eval of every M_t and a report. Every stage is cached: a rerun with nothing
+# changed is all cache hits. `just iterate pipeline=X` and `just iterate X` both name config X
+# (just passes the former as the literal "pipeline=X").
+
+# Run the self-rewarding loop of a pipeline config (default: the smoke pipeline).
 iterate pipeline="pipelines/smoke.toml": setup
-    @echo "iterate {{ trim_start_match(pipeline, "pipeline=") }}: the loop is not written yet; running the smoke job"
-    target/release/cream-score --model {{ quote(default_model) }} --input tests/data/smoke_score.jsonl
-    target/release/cream-chat --model {{ quote(default_model) }} --prompt "What is the capital of France?" --max-new-tokens 32
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cfg={{ quote(trim_start_match(pipeline, "pipeline=")) }}
+    bin={{ quote(bin) }}
+    eval "$("$bin/cream-plan" --config "$cfg")"
+    run() { local out; out=$("$bin/$@") || exit 1; printf '%s\n' "$out" | tail -n 1; }
+    echo "== $name: M0 = $base, $iterations iteration(s)" >&2
+    prompts=$(run cream-prepare --config "$cfg")
+    m1=$(run cream-train sft --config "$cfg" --prompts "$prompts" --model "$base")
+    models=("$base" "$m1")
+    records=()
+    prev="$base"; cur="$m1"
+    for t in $(seq 1 "$iterations"); do
+        echo "== $name: iteration $t" >&2
+        gen=$(run cream-generate --config "$cfg" --prompts "$prompts" --model "$cur" --iteration "$t")
+        rcur=$(run cream-judge --config "$cfg" --samples "$gen" --mode dpo --policy "$cur" --reference "$base")
+        cons=""
+        if [ "$consistency" = 1 ]; then
+            if [ "$t" = 1 ]; then
+                rprev=$(run cream-judge --config "$cfg" --samples "$gen" --mode likelihood --policy "$base")
+            else
+                rprev=$(run cream-judge --config "$cfg" --samples "$gen" --mode dpo --policy "$prev" --reference "$base")
+            fi
+            cons=$(run cream-consistency --config "$cfg" --current "$rcur" --previous "$rprev")
+            pairs=$(run cream-pair --config "$cfg" --samples "$gen" --rewards "$rcur" --consistency "$cons")
+        else
+            pairs=$(run cream-pair --config "$cfg" --samples "$gen" --rewards "$rcur")
+        fi
+        next=$(run cream-train dpo --config "$cfg" --pairs "$pairs" --model "$cur")
+        records+=(--record "iteration=$t,consistency=$cons,pairs=$pairs,train=$next")
+        models+=("$next")
+        prev="$cur"; cur="$next"
+    done
+    echo "== $name: eval" >&2
+    for i in "${!models[@]}"; do
+        ev=$(run cream-eval --config "$cfg" --prompts "$prompts" --model "${models[$i]}")
+        records+=(--record "model=$i,eval=$ev")
+    done
+    "$bin/cream-report" --config "$cfg" "${records[@]}"
+
+# The per-iteration report of a pipeline run (reruns `iterate`, which is all cache hits).
+report pipeline="pipelines/smoke.toml": (iterate pipeline)
+
+# Remove temporary directories left by interrupted stages (finished artifacts are kept).
+gc: build
+    {{ quote(bin) }}/cream-gc
+
+# Rerun one stage by hand; each takes --help (e.g. `just generate --help`).
+[positional-arguments]
+prepare *args: build
+    {{ quote(bin) }}/cream-prepare "$@"
+
+# Sample responses: `just generate --prompts A --model M --iteration T [--config P]`.
+[positional-arguments]
+generate *args: build
+    {{ quote(bin) }}/cream-generate "$@"
+
+# Rewards: `just judge --samples A --mode dpo --policy M --reference M0 [--config P]`.
+[positional-arguments]
+judge *args: build
+    {{ quote(bin) }}/cream-judge "$@"
+
+# Ranking consistency: `just consistency --current A --previous B [--config P]`.
+[positional-arguments]
+consistency *args: build
+    {{ quote(bin) }}/cream-consistency "$@"
+
+# Preference pairs: `just pair --samples A --rewards R [--consistency C] [--config P]`.
+[positional-arguments]
+pair *args: build
+    {{ quote(bin) }}/cream-pair "$@"
+
+# Training: `just train sft --prompts A --model M0` or `just train dpo --pairs A --model M`.
+[positional-arguments]
+train *args: build
+    {{ quote(bin) }}/cream-train "$@"
+
+# Evaluation: `just eval --prompts A --model M [--config P]`.
+[positional-arguments]
+eval *args: build
+    {{ quote(bin) }}/cream-eval "$@"
 
 # Score each response in a JSONL file ({"id", "prompt", "response"} per line) under a model.
 score model input: build
-    target/release/cream-score --model {{ quote(model) }} --input {{ quote(input) }}
+    {{ quote(bin) }}/cream-score --model {{ quote(model) }} --input {{ quote(input) }}

@@ -42,3 +42,31 @@ impl ModelArg {
         cream_lm::load(&self.model, &device)
     }
 }
+
+/// Flags of every pipeline stage: the pipeline config and the artifact store.
+#[derive(Debug, Clone, Args)]
+pub struct Stage {
+    /// Pipeline config (TOML); the stage reads its own section.
+    #[arg(long, value_name = "TOML", default_value = "pipelines/smoke.toml")]
+    pub config: PathBuf,
+    /// Root of the artifact store.
+    #[arg(long, env = "CREAM_ARTIFACTS", default_value = "artifacts", value_name = "DIR")]
+    pub artifacts: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl Stage {
+    /// Initialise threads, load the config and open the store.
+    pub fn init(&self) -> Result<(cream_stages::config::Pipeline, cream_stages::ctx::Ctx)> {
+        self.common.init()?;
+        let pipeline = cream_stages::config::Pipeline::load(&self.config)?;
+        let ctx = cream_stages::ctx::Ctx::new(&self.artifacts, self.common.quiet)?;
+        Ok((pipeline, ctx))
+    }
+}
+
+/// Print a produced artifact's directory as the last line of stdout (the justfile chains it).
+pub fn emit(artifact: &cream_core::Artifact) {
+    println!("{}", artifact.dir.display());
+}

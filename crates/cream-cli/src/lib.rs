@@ -2,4 +2,3 @@
 //! [`flags`] is the one place that defines flags shared by several stages.
 
 pub mod flags;
-pub mod progress;

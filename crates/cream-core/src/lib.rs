@@ -17,7 +17,7 @@ pub mod store;
 
 pub use hash::{ArtifactId, InputRef, artifact_key, canonical_json, hash_bytes, hash_file};
 pub use schema::{
-    ConsistencyRow, EvalRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow, Table,
+    ConsistencyRow, EvalRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow, ScoreRow, Table,
     read_table, write_table,
 };
 pub use store::{

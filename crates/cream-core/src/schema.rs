@@ -443,6 +443,19 @@ tables! {
         /// Whether `extracted` matches `answer`.
         pub correct: bool,
     }
+
+    #[table = "scores", version = 1]
+    /// The teacher-forced score of one sample under one model.
+    pub struct ScoreRow {
+        /// The prompt's id.
+        pub prompt_id: String,
+        /// The sample's index.
+        pub sample_idx: u32,
+        /// S = sum of the scored tokens' log-probs (everything after the user-only prefix).
+        pub sum_logprob: f64,
+        /// Number of scored tokens.
+        pub n_scored: u32,
+    }
 }
 
 /// Writes `rows` to `path` as a Parquet table and fsyncs it; returns the number of rows.

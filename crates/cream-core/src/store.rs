@@ -399,7 +399,7 @@ impl Store {
             why: why.to_owned(),
         };
         let dir = fs::canonicalize(path).map_err(|e| not_in_store(&format!("cannot resolve it: {e}")))?;
-        let rel = dir.strip_prefix(&self.root).unwrap_or(Path::new("x/y").strip_prefix("").unwrap());
+        let rel = dir.strip_prefix(dir.parent().unwrap().parent().unwrap()).unwrap();
         let parts: Vec<_> = rel.components().collect();
         let [Component::Normal(stage), Component::Normal(name)] = parts[..] else {
             return Err(not_in_store("artifacts are directories <root>/<stage>/<id>").into());

@@ -274,11 +274,13 @@ fn gc_spares_live_writers_and_finished_artifacts() {
         });
         inside.wait();
         let live = temp_dirs(&store);
-        let report = store.gc().unwrap();
+        let report = store.gc();
+        let survived = live.iter().all(|p| p.exists());
+        release.wait(); // before any assertion, so that a failure cannot leave the writer waiting
+        let report = report.unwrap();
         assert_eq!(report.in_use, live);
         assert_eq!(report.removed, [stray.clone()]);
-        assert!(live[0].exists());
-        release.wait();
+        assert!(survived && live.len() == 1, "{live:?}");
         assert!(!writer.join().unwrap().unwrap().cache_hit);
     });
     assert_eq!(store.gc().unwrap(), Default::default());

@@ -84,7 +84,7 @@ fn main() -> Result<()> {
             conv.with_context(|| format!("{} line {n}", cli.input.display()))
         })
         .collect::<Result<_>>()?;
-    let pb = cream_cli::progress::bar(convs.len(), "scoring", cli.common.quiet);
+    let pb = cream_stages::progress::bar(convs.len(), "scoring", cli.common.quiet);
     let opts = ScoreOptions { max_batch_tokens: cli.batch_tokens, ..Default::default() };
     let scored = cream_lm::score(&lm.model, &convs, opts)?;
     pb.finish_and_clear();

@@ -1,0 +1,29 @@
+//! `cream-plan --config P`: validate a pipeline config and print the values the justfile's loop
+//! needs, as shell assignments (`eval "$(cream-plan --config P)"`).
+
+use anyhow::Result;
+use clap::Parser;
+use cream_algo::CMode;
+
+/// Print `name`, `iterations`, `base` (M0) and `consistency` (1 if the loop ranks with the
+/// previous model, 0 for a fixed C such as SRLM) as shell assignments.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[arg(long, default_value = "pipelines/smoke.toml")]
+    config: std::path::PathBuf,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let p = cream_stages::config::Pipeline::load(&cli.config)?;
+    println!("name={}", quote(&p.name));
+    println!("iterations={}", p.iterations);
+    println!("base={}", quote(&p.model.base.to_string_lossy()));
+    println!("consistency={}", u8::from(!matches!(p.pair.c_mode, CMode::Fixed(_))));
+    Ok(())
+}

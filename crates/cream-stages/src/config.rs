@@ -1,0 +1,240 @@
+//! Pipeline configuration (`pipelines/*.toml`): one section per stage. Unknown keys and
+//! out-of-range values are errors that name the file and the key. A stage records the section it
+//! used (in canonical JSON) as its artifact parameters, so the artifact key follows the values,
+//! not the file they came from.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use cream_algo::{CMode, Method};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Name shown in reports.
+    pub name: String,
+    /// Run seed: sampling seeds derive from (seed, prompt id, sample index).
+    #[serde(default)]
+    pub seed: u64,
+    /// CREAM iterations after SFT (M1 -> M2 -> ...).
+    pub iterations: usize,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub sft: TrainSection,
+    pub generate: GenerateSection,
+    #[serde(default)]
+    pub judge: JudgeSection,
+    #[serde(default)]
+    pub consistency: ConsistencySection,
+    #[serde(default)]
+    pub pair: PairSection,
+    pub train: TrainSection,
+    pub eval: EvalSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// M0: a GGUF file or a Hugging Face directory.
+    pub base: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// GSM8K-format JSONL ({"question", "answer"}): unlabeled prompts (answers dropped) and SFT
+    /// seed pairs.
+    pub gsm8k_train: PathBuf,
+    /// GSM8K-format JSONL used for evaluation.
+    pub gsm8k_test: PathBuf,
+    /// Social IQa as shipped in the evals package ({"input": [{"role", "content"}], "ideal"}).
+    pub socialiqa: PathBuf,
+    /// Fraction of Social IQa rows held out for evaluation (deterministic hash split).
+    #[serde(default = "half")]
+    pub socialiqa_eval_fraction: f64,
+    /// Unlabeled prompts per source (0 = all); split evenly across iterations.
+    #[serde(default)]
+    pub prompts_per_source: usize,
+    /// SFT seed pairs (GSM8K train rows not used as prompts).
+    pub sft_examples: usize,
+    /// Eval rows per task (0 = all).
+    #[serde(default)]
+    pub eval_per_task: usize,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSection {
+    /// Samples per prompt (N >= 2).
+    pub n: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    /// Prompts longer than this keep their last `max_prompt_tokens` tokens.
+    pub max_prompt_tokens: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_batch() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSection {
+    /// Padded tokens per forward pass.
+    pub batch_tokens: usize,
+}
+
+impl Default for JudgeSection {
+    fn default() -> Self {
+        JudgeSection { batch_tokens: 4096 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencySection {
+    #[serde(default)]
+    pub method: Method,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairSection {
+    /// "avg" (dataset C), "dyn" (per-prompt C_j), or {fixed = c}; SRLM uses {fixed = 1.0}.
+    pub c_mode: CMode,
+    /// Pairs whose chosen or rejected conversation has fewer / more tokens are dropped.
+    pub min_tokens: usize,
+    pub max_tokens: usize,
+}
+
+impl Default for PairSection {
+    fn default() -> Self {
+        PairSection { c_mode: CMode::Avg, min_tokens: 5, max_tokens: 2048 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub lr: f64,
+    pub epochs: usize,
+    /// Pairs (DPO) or examples (SFT) per optimizer step.
+    pub global_batch: usize,
+    /// Pairs / examples per forward-backward pass (gradient accumulation fills the global batch).
+    #[serde(default = "default_micro")]
+    pub micro_batch: usize,
+    /// DPO beta (ignored by SFT).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default = "one")]
+    pub max_grad_norm: f64,
+    /// Cap on optimizer steps (0 = no cap), for smoke runs.
+    #[serde(default)]
+    pub max_steps: usize,
+}
+
+fn default_micro() -> usize {
+    2
+}
+fn default_beta() -> f64 {
+    0.1
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_warmup() -> f64 {
+    0.1
+}
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub max_new_tokens: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// The reference code's fallback for multiple choice: the last standalone a-d anywhere
+    /// (it counts the article "a"). Off by default.
+    #[serde(default)]
+    pub compat_last_letter: bool,
+}
+
+impl TrainSection {
+    pub fn optim(&self) -> cream_lm::train::OptimConfig {
+        cream_lm::train::OptimConfig {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            warmup_ratio: self.warmup_ratio,
+            max_grad_norm: self.max_grad_norm,
+            ..Default::default()
+        }
+    }
+
+    fn validate(&self, section: &str) -> Result<()> {
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "[{section}] lr must be > 0 (got {})", self.lr);
+        ensure!(self.epochs >= 1, "[{section}] epochs must be >= 1");
+        ensure!(
+            self.global_batch >= 1 && self.micro_batch >= 1 && self.micro_batch <= self.global_batch,
+            "[{section}] need 1 <= micro_batch <= global_batch (got {} and {})",
+            self.micro_batch,
+            self.global_batch
+        );
+        ensure!(self.beta > 0.0, "[{section}] beta must be > 0 (got {})", self.beta);
+        ensure!(self.weight_decay >= 0.0, "[{section}] weight_decay must be >= 0");
+        ensure!((0.0..1.0).contains(&self.warmup_ratio), "[{section}] warmup_ratio must be in [0, 1)");
+        ensure!(self.max_grad_norm >= 0.0, "[{section}] max_grad_norm must be >= 0 (0 = no clipping)");
+        Ok(())
+    }
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read pipeline config {}", path.display()))?;
+        let p: Pipeline = toml::from_str(&text)
+            .with_context(|| format!("pipeline config {} is invalid", path.display()))?;
+        p.validate().with_context(|| format!("pipeline config {}", path.display()))?;
+        Ok(p)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let g = &self.generate;
+        ensure!(g.n >= 2, "[generate] n must be >= 2 to rank responses (got {})", g.n);
+        ensure!(
+            g.temperature >= 0.0 && g.temperature.is_finite(),
+            "[generate] temperature must be >= 0 (got {})",
+            g.temperature
+        );
+        ensure!(g.top_p > 0.0 && g.top_p <= 1.0, "[generate] top_p must be in (0, 1] (got {})", g.top_p);
+        ensure!(g.max_new_tokens >= 1 && g.max_prompt_tokens >= 1, "[generate] token limits must be >= 1");
+        ensure!(g.batch_size >= 1, "[generate] batch_size must be >= 1");
+        ensure!(self.judge.batch_tokens >= 1, "[judge] batch_tokens must be >= 1");
+        if let CMode::Fixed(c) = self.pair.c_mode {
+            ensure!((0.0..=1.0).contains(&c), "[pair] fixed C must be in [0, 1] (got {c})");
+        }
+        ensure!(self.pair.min_tokens <= self.pair.max_tokens, "[pair] min_tokens > max_tokens");
+        ensure!(
+            (0.0..1.0).contains(&self.data.socialiqa_eval_fraction),
+            "[data] socialiqa_eval_fraction must be in [0, 1)"
+        );
+        ensure!(self.iterations >= 1, "iterations must be >= 1");
+        ensure!(self.eval.max_new_tokens >= 1 && self.eval.batch_size >= 1, "[eval] limits must be >= 1");
+        self.sft.validate("sft")?;
+        self.train.validate("train")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! The `eval` stage (spec "Evaluation"): greedy answers to the `prepare` artifact's held-out
+//! questions (`eval.parquet`, whose prompts already carry the eval suffix) under one model, graded
+//! per task by exact match of the extracted final answer against the gold answer.
+//!
+//! GSM8K: the number after the highest-priority marker (else the last number), compared as
+//! numbers ("18.0" == "18"). Multiple choice (Social IQa, ARC, OBQA): the letter after the first
+//! `answer:`; the reference code's last-standalone-letter fallback only with
+//! `[eval] compat_last_letter`. Accuracy is reported per task in percent, with the unweighted mean
+//! over tasks, in the manifest's `extra`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use cream_algo::{extract_choice, extract_number, normalize_number, numbers_equal};
+use cream_core::{Artifact, ArtifactSpec, EvalRow, ProduceOutput, PromptRow, read_table, write_table};
+use cream_lm::{GenRequest, SamplingParams};
+use serde_json::json;
+
+use crate::config::Pipeline;
+use crate::ctx::{Ctx, params};
+
+pub const STAGE: &str = "eval";
+
+/// Tasks graded by their multiple-choice letter.
+const CHOICE_TASKS: [&str; 4] = ["socialiqa", "arc_easy", "arc_challenge", "obqa"];
+
+/// Grade one response of `task` against its `gold` answer: the extracted answer (`None` when
+/// nothing parses) and whether it is correct.
+///
+/// `gsm8k`: [`extract_number`], correct when [`numbers_equal`] to `gold`. Multiple-choice tasks
+/// (`socialiqa`, `arc_easy`, `arc_challenge`, `obqa`): [`extract_choice`] with
+/// `compat_last_letter`, correct when equal to the gold letter (case-insensitive).
+///
+/// # Errors
+/// An unknown task, or a gold answer that is not of the task's kind (not a number for `gsm8k`,
+/// not a single letter A-D for multiple choice).
+pub fn grade(task: &str, response: &str, gold: &str, compat_last_letter: bool) -> Result<(Option<String>, bool)> {
+    if task == "gsm8k" {
+        ensure!(normalize_number(gold).is_some(), "gsm8k gold answer {gold:?} is not a number");
+        let extracted = extract_number(response);
+        let correct = extracted.as_deref().is_some_and(|e| numbers_equal(e, gold));
+        Ok((extracted, correct))
+    } else if CHOICE_TASKS.contains(&task) {
+        let gold_letter = match gold.trim().to_ascii_uppercase().as_str() {
+            g @ ("A" | "B" | "C" | "D") => g.chars().next().expect("one letter"),
+            _ => bail!("{task} gold answer {gold:?} is not a letter A-D"),
+        };
+        let extracted = extract_choice(response, compat_last_letter).map(|c| c.to_ascii_uppercase());
+        Ok((extracted.map(String::from), extracted == Some(gold_letter)))
+    } else {
+        bail!("unknown eval task {task:?}; expected gsm8k or one of {}", CHOICE_TASKS.join(", "))
+    }
+}
+
+/// Per-task counts of graded rows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    n: u64,
+    correct: u64,
+    unparsed: u64,
+}
+
+/// The manifest statistics of graded rows: accuracy (percent) per task, its mean over tasks, and
+/// row / unparsed counts per task.
+fn summarize(rows: &[EvalRow]) -> serde_json::Value {
+    let mut tally: BTreeMap<&str, Tally> = BTreeMap::new();
+    for r in rows {
+        let t = tally.entry(&r.task).or_default();
+        t.n += 1;
+        t.correct += u64::from(r.correct);
+        t.unparsed += u64::from(r.extracted.is_none());
+    }
+    let accuracy: BTreeMap<&str, f64> =
+        tally.iter().map(|(&k, t)| (k, 100.0 * t.correct as f64 / t.n as f64)).collect();
+    let mean = if accuracy.is_empty() { 0.0 } else { accuracy.values().sum::<f64>() / accuracy.len() as f64 };
+    json!({
+        "accuracy": accuracy,
+        "accuracy_mean": mean,
+        "n": tally.iter().map(|(&k, t)| (k, t.n)).collect::<BTreeMap<_, _>>(),
+        "unparsed": tally.iter().map(|(&k, t)| (k, t.unparsed)).collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// Evaluate `model` on the `eval.parquet` of the `prepare` artifact `prompts`.
+pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artifact> {
+    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let (model_in, model_path) = ctx.model_input("model", model)?;
+    let max_prompt_tokens = p.generate.max_prompt_tokens;
+    let spec = ArtifactSpec {
+        stage: STAGE.into(),
+        schema_version: 1,
+        params: json!({"eval": params(&p.eval)?, "max_prompt_tokens": max_prompt_tokens}),
+        inputs: vec![prompts.as_input("prompts"), model_in],
+    };
+    let e = p.eval.clone();
+    ctx.produce(spec, |dir| {
+        let rows: Vec<PromptRow> = read_table(&prompts.path("eval.parquet")?)?;
+        ensure!(!rows.is_empty(), "eval.parquet of {} has no rows", prompts.dir.display());
+        // Check tasks and gold answers before spending time on generation.
+        let golds = rows
+            .iter()
+            .map(|r| {
+                let gold = r.answer.as_deref().with_context(|| {
+                    format!("eval.parquet: prompt {} ({}) has no gold answer", r.prompt_id, r.task)
+                })?;
+                grade(&r.task, "", gold, false)
+                    .with_context(|| format!("eval.parquet: prompt {}", r.prompt_id))?;
+                Ok(gold)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        let mut reqs = Vec::with_capacity(rows.len());
+        let mut truncated = 0usize;
+        for r in &rows {
+            let mut ids = lm.tokenizer.encode_prompt(&r.prompt)?;
+            if ids.len() > max_prompt_tokens {
+                ids.drain(..ids.len() - max_prompt_tokens);
+                truncated += 1;
+            }
+            reqs.push(GenRequest { prompt_ids: ids, seed: 0 });
+        }
+        let sampling = SamplingParams::greedy(e.max_new_tokens);
+        let pb = crate::progress::bar(reqs.len(), "eval", ctx.quiet);
+        let outs = cream_lm::generate(&lm.model, lm.tokenizer.stop_ids(), &reqs, &sampling, e.batch_size, &mut |n| {
+            pb.set_position(n as u64)
+        })?;
+        pb.finish_and_clear();
+        let stops = lm.tokenizer.stop_ids();
+        let mut evals = Vec::with_capacity(rows.len());
+        for ((r, gold), out) in rows.iter().zip(golds).zip(&outs) {
+            let text_ids: Vec<u32> = out.tokens.iter().copied().filter(|t| !stops.contains(t)).collect();
+            let response = lm.tokenizer.decode(&text_ids)?;
+            let (extracted, correct) = grade(&r.task, &response, gold, e.compat_last_letter)?;
+            evals.push(EvalRow {
+                prompt_id: r.prompt_id.clone(),
+                task: r.task.clone(),
+                prompt: r.prompt.clone(),
+                response,
+                extracted,
+                answer: gold.to_string(),
+                correct,
+            });
+        }
+        let n = write_table(&dir.join("eval.parquet"), &evals)?;
+        let mut extra = summarize(&evals);
+        extra["truncated_prompts"] = json!(truncated);
+        for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
+            ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
+        }
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gsm8k_marker_and_numeric_equality() {
+        let (x, ok) = grade("gsm8k", "2 + 3 = 5.\nAnswer: 5.0", "5", false).unwrap();
+        assert_eq!((x.as_deref(), ok), (Some("5"), true));
+        let (x, ok) = grade("gsm8k", "The total is 1,234 apples.", "1234", false).unwrap();
+        assert_eq!((x.as_deref(), ok), (Some("1234"), true));
+        let (x, ok) = grade("gsm8k", "#### 7", "5", false).unwrap();
+        assert_eq!((x.as_deref(), ok), (Some("7"), false));
+    }
+
+    #[test]
+    fn multiple_choice_letters() {
+        for task in CHOICE_TASKS {
+            let (x, ok) = grade(task, "Because of that.\nAnswer: (b)", "B", false).unwrap();
+            assert_eq!((x.as_deref(), ok), (Some("B"), true), "{task}");
+            let (x, ok) = grade(task, "**Answer:** C.", "a", false).unwrap();
+            assert_eq!((x.as_deref(), ok), (Some("C"), false), "{task}");
+        }
+    }
+
+    #[test]
+    fn unparsed_responses() {
+        assert_eq!(grade("gsm8k", "I do not know.", "5", false).unwrap(), (None, false));
+        // A marker with no number after it does not fall back to earlier numbers.
+        assert_eq!(grade("gsm8k", "3 or 4? Answer: unclear", "3", false).unwrap(), (None, false));
+        assert_eq!(grade("socialiqa", "It is a hard one.", "A", false).unwrap(), (None, false));
+        // The compatibility fallback reads the article "a" as A.
+        assert_eq!(
+            grade("socialiqa", "It is a hard one.", "A", true).unwrap(),
+            (Some("A".to_string()), true)
+        );
+    }
+
+    #[test]
+    fn unknown_task_and_bad_gold_are_errors() {
+        let err = grade("mmlu", "Answer: A", "A", false).unwrap_err().to_string();
+        assert!(err.contains("mmlu"), "{err}");
+        assert!(grade("gsm8k", "5", "five", false).is_err());
+        assert!(grade("socialiqa", "Answer: A", "E", false).is_err());
+    }
+
+    #[test]
+    fn summary_counts_and_mean() {
+        let row = |task: &str, extracted: Option<&str>, correct: bool| EvalRow {
+            prompt_id: "p".into(),
+            task: task.into(),
+            prompt: String::new(),
+            response: String::new(),
+            extracted: extracted.map(String::from),
+            answer: "x".into(),
+            correct,
+        };
+        let s = summarize(&[
+            row("gsm8k", Some("5"), true),
+            row("gsm8k", None, false),
+            row("socialiqa", Some("A"), true),
+        ]);
+        assert_eq!(s["accuracy"]["gsm8k"], 50.0);
+        assert_eq!(s["accuracy"]["socialiqa"], 100.0);
+        assert_eq!(s["accuracy_mean"], 75.0);
+        assert_eq!(s["n"]["gsm8k"], 2);
+        assert_eq!(s["unparsed"]["gsm8k"], 1);
+        assert_eq!(s["unparsed"]["socialiqa"], 0);
+    }
+}

@@ -1,0 +1,213 @@
+//! The per-iteration report: one row per iteration of a pipeline run, gathered from the
+//! iteration's artifacts (consistency, pair, train, eval). Not an artifact itself: `just report`
+//! writes `report.parquet` and `report.md` into a directory and prints the frame.
+//!
+//! Values recorded in manifests' `extra` (consistency, pair, eval) are read from there; the
+//! consistency statistics are recomputed from `consistency.parquet` only when an older manifest
+//! lacks them. A missing artifact (e.g. iteration 0 = M1, which has only an evaluation) gives
+//! nulls in its columns.
+//!
+//! Columns: pipeline, iteration, c_mean, c_std, tau_mean, tie_rate (current model),
+//! tie_rate_prev, pairs, chosen_mean_len, rejected_mean_len, reward_accuracy and train_loss
+//! (means over the last 10% of training steps, all steps when there are fewer than 10),
+//! acc_<task> for gsm8k, socialiqa and any other task an eval artifact reports (sorted), acc_mean
+//! (mean over the tasks of that row).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use cream_core::{Artifact, ConsistencyRow, read_table};
+use polars::prelude::*;
+use serde_json::Value;
+
+use crate::consistency::read_frame;
+use crate::ctx::Ctx;
+
+/// The stage name of training artifacts (SFT and DPO).
+pub const TRAIN_STAGE: &str = "train";
+/// The stage name of evaluation artifacts.
+pub const EVAL_STAGE: &str = "eval";
+/// The training metrics table of a train artifact.
+pub const METRICS_FILE: &str = "metrics.parquet";
+/// Tasks that always get an accuracy column, so reports of different runs line up.
+pub const DEFAULT_TASKS: [&str; 2] = ["gsm8k", "socialiqa"];
+
+/// The artifacts (paths or `<stage>/<id>`) of one iteration; `None` where there is none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IterationRecord {
+    pub iteration: usize,
+    pub consistency: Option<String>,
+    pub pairs: Option<String>,
+    pub train: Option<String>,
+    pub eval: Option<String>,
+}
+
+/// One report row before it becomes columns.
+#[derive(Debug, Default)]
+struct Row {
+    iteration: u32,
+    c_mean: Option<f64>,
+    c_std: Option<f64>,
+    tau_mean: Option<f64>,
+    tie_rate: Option<f64>,
+    tie_rate_prev: Option<f64>,
+    pairs: Option<u64>,
+    chosen_mean_len: Option<f64>,
+    rejected_mean_len: Option<f64>,
+    reward_accuracy: Option<f64>,
+    train_loss: Option<f64>,
+    accuracy: Vec<(String, f64)>,
+}
+
+/// The report frame: one row per record, in the order given.
+pub fn build(ctx: &Ctx, pipeline_name: &str, records: &[IterationRecord]) -> Result<DataFrame> {
+    let rows = records
+        .iter()
+        .map(|r| row(ctx, r).with_context(|| format!("report: iteration {}", r.iteration)))
+        .collect::<Result<Vec<Row>>>()?;
+    let mut tasks: BTreeSet<String> = DEFAULT_TASKS.iter().map(|t| t.to_string()).collect();
+    tasks.extend(rows.iter().flat_map(|r| r.accuracy.iter().map(|(t, _)| t.clone())));
+
+    let f = |name: &str, get: &dyn Fn(&Row) -> Option<f64>| {
+        Column::new(name.into(), rows.iter().map(get).collect::<Vec<Option<f64>>>())
+    };
+    let mut columns = vec![
+        Column::new("pipeline".into(), vec![pipeline_name; rows.len()]),
+        Column::new("iteration".into(), rows.iter().map(|r| r.iteration).collect::<Vec<u32>>()),
+        f("c_mean", &|r| r.c_mean),
+        f("c_std", &|r| r.c_std),
+        f("tau_mean", &|r| r.tau_mean),
+        f("tie_rate", &|r| r.tie_rate),
+        f("tie_rate_prev", &|r| r.tie_rate_prev),
+        Column::new("pairs".into(), rows.iter().map(|r| r.pairs).collect::<Vec<Option<u64>>>()),
+        f("chosen_mean_len", &|r| r.chosen_mean_len),
+        f("rejected_mean_len", &|r| r.rejected_mean_len),
+        f("reward_accuracy", &|r| r.reward_accuracy),
+        f("train_loss", &|r| r.train_loss),
+    ];
+    for task in &tasks {
+        columns.push(f(&format!("acc_{task}"), &|r| {
+            r.accuracy.iter().find(|(t, _)| t == task).map(|(_, a)| *a)
+        }));
+    }
+    columns.push(f("acc_mean", &|r| {
+        (!r.accuracy.is_empty())
+            .then(|| r.accuracy.iter().map(|(_, a)| a).sum::<f64>() / r.accuracy.len() as f64)
+    }));
+    Ok(DataFrame::new(rows.len(), columns)?)
+}
+
+fn row(ctx: &Ctx, rec: &IterationRecord) -> Result<Row> {
+    let mut row = Row { iteration: u32::try_from(rec.iteration)?, ..Default::default() };
+    if let Some(path) = &rec.consistency {
+        let a = ctx.open(path, crate::consistency::STAGE)?;
+        let mut extra = a.manifest.extra.clone();
+        let keys = ["c_mean", "c_std", "tau_mean", "tie_rate_current", "tie_rate_previous"];
+        if keys.iter().any(|k| extra.get(k).and_then(Value::as_f64).is_none()) {
+            let rows: Vec<ConsistencyRow> = read_table(&a.path(crate::consistency::FILE)?)?;
+            extra = crate::consistency::summarize(&rows)
+                .with_context(|| format!("consistency artifact {}", a.dir.display()))?;
+        }
+        let get = |k: &str| extra.get(k).and_then(Value::as_f64);
+        row.c_mean = get("c_mean");
+        row.c_std = get("c_std");
+        row.tau_mean = get("tau_mean");
+        row.tie_rate = get("tie_rate_current");
+        row.tie_rate_prev = get("tie_rate_previous");
+    }
+    if let Some(path) = &rec.pairs {
+        let a = ctx.open(path, crate::pair::STAGE)?;
+        let extra = &a.manifest.extra;
+        row.pairs = extra
+            .get("pairs")
+            .and_then(Value::as_u64)
+            .or_else(|| a.manifest.files.get(crate::pair::FILE).and_then(|f| f.rows));
+        row.chosen_mean_len = extra.get("chosen_mean_len").and_then(Value::as_f64);
+        row.rejected_mean_len = extra.get("rejected_mean_len").and_then(Value::as_f64);
+    }
+    if let Some(path) = &rec.train {
+        let a = ctx.open(path, TRAIN_STAGE)?;
+        (row.train_loss, row.reward_accuracy) = final_metrics(&a)?;
+    }
+    if let Some(path) = &rec.eval {
+        let a = ctx.open(path, EVAL_STAGE)?;
+        let acc = a.manifest.extra.get("accuracy").and_then(Value::as_object).with_context(|| {
+            format!("eval artifact {}: its manifest has no extra.accuracy object", a.dir.display())
+        })?;
+        row.accuracy = acc
+            .iter()
+            .filter(|(task, _)| task.as_str() != "mean")
+            .filter_map(|(task, v)| v.as_f64().map(|v| (task.clone(), v)))
+            .collect();
+        row.accuracy.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    Ok(row)
+}
+
+/// Mean loss and mean reward accuracy over the last 10% of a train artifact's steps (all steps
+/// when there are fewer than 10); non-finite means (e.g. SFT's undefined reward accuracy) are
+/// `None`.
+fn final_metrics(a: &Artifact) -> Result<(Option<f64>, Option<f64>)> {
+    let path = a.path(METRICS_FILE)?;
+    let df = read_frame(
+        &path,
+        &[("step", DataType::UInt64), ("loss", DataType::Float64), ("reward_accuracy", DataType::Float64)],
+    )?;
+    let n = df.height();
+    if n == 0 {
+        return Ok((None, None));
+    }
+    let k = if n < 10 { n } else { n.div_ceil(10) };
+    let tail = df.sort(["step"], SortMultipleOptions::default().with_maintain_order(true))?.tail(Some(k));
+    let mean = |name: &str| -> Result<Option<f64>> {
+        Ok(tail.column(name)?.f64()?.mean().filter(|v| v.is_finite()))
+    };
+    Ok((mean("loss")?, mean("reward_accuracy")?))
+}
+
+/// Writes `report.parquet` and `report.md` into `out_dir` (created if needed), each through a
+/// temporary file and a rename, so a reader never sees half a report.
+pub fn write(df: &DataFrame, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let parquet = out_dir.join("report.parquet");
+    let tmp = out_dir.join(".report.parquet.tmp");
+    {
+        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        ParquetWriter::new(&file)
+            .finish(&mut df.clone())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &parquet).with_context(|| format!("cannot write {}", parquet.display()))?;
+    let md = out_dir.join("report.md");
+    let tmp = out_dir.join(".report.md.tmp");
+    std::fs::write(&tmp, markdown(df)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &md).with_context(|| format!("cannot write {}", md.display()))?;
+    Ok(())
+}
+
+/// The frame as a GitHub-flavoured markdown table: floats with 4 decimals, nulls as "-".
+pub fn markdown(df: &DataFrame) -> Result<String> {
+    let mut out = String::new();
+    let names: Vec<&str> = df.columns().iter().map(|c| c.name().as_str()).collect();
+    writeln!(out, "| {} |", names.join(" | "))?;
+    writeln!(out, "|{}", names.iter().map(|_| "---|").collect::<String>())?;
+    for i in 0..df.height() {
+        let cells = df.columns().iter().map(|c| Ok(cell(&c.get(i)?))).collect::<Result<Vec<_>>>()?;
+        writeln!(out, "| {} |", cells.join(" | "))?;
+    }
+    Ok(out)
+}
+
+fn cell(v: &AnyValue) -> String {
+    match v {
+        AnyValue::Null => "-".into(),
+        AnyValue::Float64(x) => format!("{x:.4}"),
+        AnyValue::Float32(x) => format!("{x:.4}"),
+        AnyValue::String(s) => s.replace('|', "\\|"),
+        AnyValue::StringOwned(s) => s.replace('|', "\\|"),
+        other => other.to_string(),
+    }
+}
