@@ -93,7 +93,11 @@ pub struct InputRef {
 impl InputRef {
     /// An input that is an external file: stage `"source"`, id the blake3 of its content.
     pub fn source(name: &str, path: &Path) -> Result<Self> {
-        Ok(Self { name: name.to_owned(), stage: "source".to_owned(), id: hash_file(path)? })
+        Ok(Self {
+            name: name.to_owned(),
+            stage: "source".to_owned(),
+            id: hash_file(path)?,
+        })
     }
 }
 
@@ -175,6 +179,7 @@ pub fn hash_file(path: &Path) -> Result<String> {
     let mut file =
         File::open(path).with_context(|| format!("cannot open {} to hash it", path.display()))?;
     let mut h = blake3::Hasher::new();
-    h.update_reader(&mut file).with_context(|| format!("cannot read {}", path.display()))?;
+    h.update_reader(&mut file)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(h.finalize().to_hex().to_string())
 }

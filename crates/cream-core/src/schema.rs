@@ -6,12 +6,14 @@
 //! and reports any mismatch by file and column.
 //!
 //! Field types map to Arrow as: `String` -> Utf8, `u32` -> UInt32, `u64` -> UInt64,
-//! `i64` -> Int64, `f64` -> Float64, `bool` -> Boolean, `Vec<u32>` -> List<UInt32> (non-null
+//! `i64` -> Int64, `f64` -> Float64, `bool` -> Boolean, `Vec<u32>` -> `List<UInt32>` (non-null
 //! items), and `Option<T>` -> the type of `T`, nullable. All other columns are non-nullable.
 //!
 //! Reading accepts what other writers such as polars produce for the same data: strings stored as
 //! LargeUtf8 or Utf8View, and columns declared nullable for a non-nullable field as long as they
-//! hold no null (a null is reported with its row number).
+//! hold no null (a null is reported with its row number). Files must be uncompressed or snappy
+//! compressed (the codecs this build of `parquet` has); lists must be `List<UInt32>` with
+//! non-null items.
 
 use std::fs::File;
 use std::path::Path;
@@ -166,7 +168,11 @@ impl Scalar for String {
         DataType::Utf8
     }
     fn build<'a>(values: impl Iterator<Item = Option<&'a Self>>) -> ArrayRef {
-        Arc::new(values.map(|v| v.map(String::as_str)).collect::<StringArray>())
+        Arc::new(
+            values
+                .map(|v| v.map(String::as_str))
+                .collect::<StringArray>(),
+        )
     }
     fn value(array: &Self::Array, row: usize) -> Self {
         array.value(row).to_owned()
@@ -181,12 +187,20 @@ impl Scalar for Vec<u32> {
     fn build<'a>(values: impl Iterator<Item = Option<&'a Self>>) -> ArrayRef {
         let values: Vec<_> = values.collect();
         let offsets = OffsetBuffer::from_lengths(values.iter().map(|v| v.map_or(0, Vec::len)));
-        let items = UInt32Array::from_iter_values(values.iter().flatten().flat_map(|v| v.iter().copied()));
-        let nulls = values.iter().any(Option::is_none).then(|| values.iter().map(Option::is_some).collect::<NullBuffer>());
+        let items =
+            UInt32Array::from_iter_values(values.iter().flatten().flat_map(|v| v.iter().copied()));
+        let nulls = values
+            .iter()
+            .any(Option::is_none)
+            .then(|| values.iter().map(Option::is_some).collect::<NullBuffer>());
         Arc::new(ListArray::new(list_item(), offsets, Arc::new(items), nulls))
     }
     fn value(array: &Self::Array, row: usize) -> Self {
-        array.value(row).as_primitive::<UInt32Type>().values().to_vec()
+        array
+            .value(row)
+            .as_primitive::<UInt32Type>()
+            .values()
+            .to_vec()
     }
 }
 
@@ -212,12 +226,21 @@ fn conform<T: Table>(batch: &RecordBatch, file: &Path) -> Result<Vec<ArrayRef>> 
     let found = batch.schema();
     let table = T::NAME;
     let file = file.display();
-    if let Some(extra) = found.fields().iter().find(|f| expected.field_with_name(f.name()).is_err()) {
+    if let Some(extra) = found
+        .fields()
+        .iter()
+        .find(|f| expected.field_with_name(f.name()).is_err())
+    {
         bail!(
             "{file}: unexpected column {:?} ({}) in a {table} table, which has columns {}; {SCHEMA_HINT}",
             extra.name(),
             extra.data_type(),
-            expected.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            expected
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     expected
@@ -225,7 +248,11 @@ fn conform<T: Table>(batch: &RecordBatch, file: &Path) -> Result<Vec<ArrayRef>> 
         .iter()
         .map(|want| {
             let describe = |f: &Field| {
-                format!("{}{}", f.data_type(), if f.is_nullable() { " (nullable)" } else { "" })
+                format!(
+                    "{}{}",
+                    f.data_type(),
+                    if f.is_nullable() { " (nullable)" } else { "" }
+                )
             };
             let Some((i, have)) = found.column_with_name(want.name()) else {
                 bail!(
@@ -240,8 +267,9 @@ fn conform<T: Table>(batch: &RecordBatch, file: &Path) -> Result<Vec<ArrayRef>> 
             if have.data_type().equals_datatype(want.data_type()) {
                 Ok(Arc::clone(column))
             } else if restring {
-                cast(column, want.data_type())
-                    .with_context(|| format!("{file}: cannot read column {:?} as Utf8", want.name()))
+                cast(column, want.data_type()).with_context(|| {
+                    format!("{file}: cannot read column {:?} as Utf8", want.name())
+                })
             } else {
                 bail!(
                     "{file}: column {:?} has type {} but a {table} table needs {}; {SCHEMA_HINT}",
@@ -488,8 +516,8 @@ pub fn write_table<T: Table>(path: &Path, rows: &[T]) -> Result<u64> {
 pub fn read_table<T: Table>(path: &Path) -> Result<Vec<T>> {
     let context = || {
         format!(
-            "{}: cannot read it as a Parquet {} table; it is corrupt or not Parquet; rerun the \
-             stage that wrote it",
+            "{}: cannot read it as a Parquet {} table (cause below); if it is corrupt or \
+             truncated, rerun the stage that wrote it",
             path.display(),
             T::NAME
         )
@@ -498,10 +526,15 @@ pub fn read_table<T: Table>(path: &Path) -> Result<Vec<T>> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(context)?;
     let meta = builder.metadata().file_metadata().key_value_metadata();
     let meta_value = |key: &str| {
-        meta.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.as_deref())
+        meta.and_then(|kv| kv.iter().find(|e| e.key == key))
+            .and_then(|e| e.value.as_deref())
     };
     if let Some(name) = meta_value(TABLE_KEY).filter(|&n| n != T::NAME) {
-        bail!("{}: holds a {name} table, not a {} table; pass the right file", path.display(), T::NAME);
+        bail!(
+            "{}: holds a {name} table, not a {} table; pass the right file",
+            path.display(),
+            T::NAME
+        );
     }
     let version = T::SCHEMA_VERSION.to_string();
     if let Some(v) = meta_value(VERSION_KEY).filter(|&v| v != version) {

@@ -73,7 +73,9 @@ pub enum StoreError {
         why: String,
     },
     /// An artifact of another stage than the one required.
-    #[error("artifact {dir} was made by stage {found:?}, but an artifact of stage {expected:?} is needed here")]
+    #[error(
+        "artifact {dir} was made by stage {found:?}, but an artifact of stage {expected:?} is needed here"
+    )]
     WrongStage {
         /// The artifact directory.
         dir: PathBuf,
@@ -244,7 +246,10 @@ impl Store {
             .with_context(|| format!("cannot create the artifact store {}", root.display()))?;
         let root = fs::canonicalize(root)
             .with_context(|| format!("cannot resolve the artifact store {}", root.display()))?;
-        Ok(Self { root, verify: Verify::Full })
+        Ok(Self {
+            root,
+            verify: Verify::Full,
+        })
     }
 
     /// The same store, verifying opened artifacts as `verify` says.
@@ -274,11 +279,18 @@ impl Store {
         let id = spec.id();
         let stage_dir = self.root.join(&spec.stage);
         let (lock, lock_path) = open_lock(&stage_dir, &id)?;
-        let _ = (&lock, &lock_path);
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
         if let Some(artifact) = self.finished(&spec.stage, &id)? {
-            return Ok(Produced { artifact, cache_hit: true });
+            return Ok(Produced {
+                artifact,
+                cache_hit: true,
+            });
         }
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         let tmp = stage_dir.join(format!("{TMP_PREFIX}{id}-{}-{nanos}", std::process::id()));
         fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut guard = RemoveOnDrop(Some(tmp.clone()));
@@ -302,12 +314,14 @@ impl Store {
         write_manifest(&tmp, &manifest)?;
         sync_dir(&tmp)?;
         let dir = stage_dir.join(id.as_str());
-        fs::rename(&tmp, &dir).with_context(|| {
-            format!("cannot publish {} as {}", tmp.display(), dir.display())
-        })?;
+        fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot publish {} as {}", tmp.display(), dir.display()))?;
         guard.0 = None;
         sync_dir(&stage_dir)?;
-        Ok(Produced { artifact: Artifact { dir, manifest }, cache_hit: false })
+        Ok(Produced {
+            artifact: Artifact { dir, manifest },
+            cache_hit: false,
+        })
     }
 
     /// The finished, verified artifact of `spec`, if it exists.
@@ -319,7 +333,11 @@ impl Store {
     /// Opens and verifies an artifact given as a directory path or as `<stage>/<id>` relative to
     /// the store root. A path must resolve (symlinks included) to `<root>/<stage>/<id>`.
     /// With `expected_stage`, an artifact of another stage is an error.
-    pub fn open_artifact(&self, path_or_id: &str, expected_stage: Option<&str>) -> Result<Artifact> {
+    pub fn open_artifact(
+        &self,
+        path_or_id: &str,
+        expected_stage: Option<&str>,
+    ) -> Result<Artifact> {
         let path = match path_or_id.split_once('/') {
             Some((stage, id)) if is_stage(stage) && is_hex64(id) => self.root.join(stage).join(id),
             _ => PathBuf::from(path_or_id),
@@ -338,7 +356,9 @@ impl Store {
             }
         }
         ids.sort();
-        ids.iter().map(|id| self.open_dir(&stage_dir.join(id), Some(stage))).collect()
+        ids.iter()
+            .map(|id| self.open_dir(&stage_dir.join(id), Some(stage)))
+            .collect()
     }
 
     /// Removes what interrupted stages left behind: temporary directories and artifact
@@ -357,14 +377,17 @@ impl Store {
                     Some(rest) => rest.get(..64).filter(|_| rest[64..].starts_with('-')),
                     None => Some(name.as_str()).filter(|_| !path.join(MANIFEST_FILE).exists()),
                 };
-                let Some(id) = key.and_then(|k| ArtifactId::parse(k).ok()) else { continue };
+                let Some(id) = key.and_then(|k| ArtifactId::parse(k).ok()) else {
+                    continue;
+                };
                 if !is_real_dir(&path) {
                     continue;
                 }
                 let (lock, lock_path) = open_lock(&stage_dir, &id)?;
                 match lock.try_lock() {
                     // Re-checked under the lock: a finished artifact is never removed.
-                    Ok(()) if path.join(MANIFEST_FILE).exists() && !name.starts_with(TMP_PREFIX) => {}
+                    Ok(())
+                        if path.join(MANIFEST_FILE).exists() && !name.starts_with(TMP_PREFIX) => {}
                     Ok(()) => {
                         fs::remove_dir_all(&path)
                             .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -398,8 +421,11 @@ impl Store {
             root: self.root.clone(),
             why: why.to_owned(),
         };
-        let dir = fs::canonicalize(path).map_err(|e| not_in_store(&format!("cannot resolve it: {e}")))?;
-        let rel = dir.strip_prefix(dir.parent().unwrap().parent().unwrap()).unwrap();
+        let dir =
+            fs::canonicalize(path).map_err(|e| not_in_store(&format!("cannot resolve it: {e}")))?;
+        let rel = dir
+            .strip_prefix(&self.root)
+            .map_err(|_| not_in_store("it lies outside the store"))?;
         let parts: Vec<_> = rel.components().collect();
         let [Component::Normal(stage), Component::Normal(name)] = parts[..] else {
             return Err(not_in_store("artifacts are directories <root>/<stage>/<id>").into());
@@ -420,7 +446,12 @@ impl Store {
             return Err(StoreError::NotFinished { dir }.into());
         }
         if let Some(expected) = expected_stage.filter(|&e| e != stage) {
-            return Err(StoreError::WrongStage { dir, expected: expected.to_owned(), found: stage }.into());
+            return Err(StoreError::WrongStage {
+                dir,
+                expected: expected.to_owned(),
+                found: stage,
+            }
+            .into());
         }
         let manifest = verify(&dir, &stage, &id, self.verify)?;
         Ok(Artifact { dir, manifest })
@@ -429,7 +460,10 @@ impl Store {
 
 /// Reads `dir`'s manifest and checks it and the directory's content against each other.
 fn verify(dir: &Path, stage: &str, id: &ArtifactId, mode: Verify) -> Result<Manifest, StoreError> {
-    let corrupt = |problem: String| StoreError::Corrupt { dir: dir.to_owned(), problem };
+    let corrupt = |problem: String| StoreError::Corrupt {
+        dir: dir.to_owned(),
+        problem,
+    };
     if !fs::symlink_metadata(dir.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file()) {
         return Err(corrupt(format!("{MANIFEST_FILE} is not a regular file")));
     }
@@ -457,7 +491,9 @@ fn verify(dir: &Path, stage: &str, id: &ArtifactId, mode: Verify) -> Result<Mani
     }
     for (name, entry) in &manifest.files {
         if !is_file_name(name) || name == MANIFEST_FILE {
-            return Err(corrupt(format!("{MANIFEST_FILE} lists {name:?}, which is not a plain file name")));
+            return Err(corrupt(format!(
+                "{MANIFEST_FILE} lists {name:?}, which is not a plain file name"
+            )));
         }
         let path = dir.join(name);
         let meta = match fs::symlink_metadata(&path) {
@@ -479,7 +515,7 @@ fn verify(dir: &Path, stage: &str, id: &ArtifactId, mode: Verify) -> Result<Mani
         }
         if mode == Verify::Full {
             let actual = hash_file(&path).map_err(|e| corrupt(format!("{e:#}")))?;
-            if false && actual != entry.blake3 {
+            if actual != entry.blake3 {
                 return Err(corrupt(format!(
                     "file {name} has blake3 {actual} but {MANIFEST_FILE} says {}",
                     entry.blake3
@@ -488,8 +524,13 @@ fn verify(dir: &Path, stage: &str, id: &ArtifactId, mode: Verify) -> Result<Mani
         }
     }
     let names = dir_names(dir).map_err(|e| corrupt(format!("{e:#}")))?;
-    if let Some(extra) = names.iter().find(|n| *n != MANIFEST_FILE && !manifest.files.contains_key(*n)) {
-        return Err(corrupt(format!("{extra:?} is not listed in {MANIFEST_FILE}")));
+    if let Some(extra) = names
+        .iter()
+        .find(|n| *n != MANIFEST_FILE && !manifest.files.contains_key(*n))
+    {
+        return Err(corrupt(format!(
+            "{extra:?} is not listed in {MANIFEST_FILE}"
+        )));
     }
     Ok(manifest)
 }
@@ -521,7 +562,11 @@ fn seal_files(
         File::open(&path)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("cannot fsync {}", path.display()))?;
-        let entry = FileEntry { blake3: hash_file(&path)?, bytes: meta.len(), rows: rows.remove(&name) };
+        let entry = FileEntry {
+            blake3: hash_file(&path)?,
+            bytes: meta.len(),
+            rows: rows.remove(&name),
+        };
         files.insert(name, entry);
     }
     if let Some(name) = rows.keys().next() {
@@ -536,7 +581,8 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     let mut json = serde_json::to_vec_pretty(manifest)?;
     json.push(b'\n');
-    let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut file =
+        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     file.write_all(&json)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -570,19 +616,28 @@ impl Drop for RemoveOnDrop {
 }
 
 fn check_stage(stage: &str) -> Result<(), StoreError> {
-    if is_stage(stage) { Ok(()) } else { Err(StoreError::InvalidStage(stage.to_owned())) }
+    if is_stage(stage) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidStage(stage.to_owned()))
+    }
 }
 
 /// Whether `stage` matches `[a-z0-9][a-z0-9_-]*`.
 fn is_stage(stage: &str) -> bool {
     let mut bytes = stage.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Whether `name` is a plain file name: non-empty, no '/', '\\', NUL or "..", no leading '.'.
 pub fn is_file_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']) && !name.contains("..")
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.contains("..")
 }
 
 fn is_real_dir(path: &Path) -> bool {
@@ -654,7 +709,9 @@ mod tests {
         for ok in ["rewards.parquet", "config.json", "a b"] {
             assert!(is_file_name(ok), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "x..y", "a\0b"] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "x..y", "a\0b",
+        ] {
             assert!(!is_file_name(bad), "{bad}");
         }
     }

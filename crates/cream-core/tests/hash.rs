@@ -17,7 +17,8 @@ fn leaf() -> impl Strategy<Value = Value> {
 
 /// Distinct keys with values, as an insertion order.
 fn entries() -> impl Strategy<Value = Vec<(String, Value)>> {
-    prop::collection::btree_map("[a-zA-Z_é]{1,8}", leaf(), 1..10).prop_map(|m| m.into_iter().collect())
+    prop::collection::btree_map("[a-zA-Z_é]{1,8}", leaf(), 1..10)
+        .prop_map(|m| m.into_iter().collect())
 }
 
 /// An object built by inserting `entries` in the given order (serde_json keeps insertion order
@@ -86,20 +87,33 @@ proptest! {
 #[test]
 fn canonical_json_sorts_keys_at_every_depth_and_is_compact() {
     let v = json!({"b": [1, {"z": null, "a": "x\"y"}], "a": 1.5, "é": true, "B": -0});
-    assert_eq!(canonical_json(&v), r#"{"B":0,"a":1.5,"b":[1,{"a":"x\"y","z":null}],"é":true}"#);
+    assert_eq!(
+        canonical_json(&v),
+        r#"{"B":0,"a":1.5,"b":[1,{"a":"x\"y","z":null}],"é":true}"#
+    );
 }
 
 #[test]
 fn key_encoding_is_unambiguous() {
     let id = hash_bytes(b"x");
-    let input = |name: &str, stage: &str| InputRef { name: name.into(), stage: stage.into(), id: id.clone() };
+    let input = |name: &str, stage: &str| InputRef {
+        name: name.into(),
+        stage: stage.into(),
+        id: id.clone(),
+    };
     let p = json!({});
     assert_ne!(
         artifact_key("s", 1, &p, &[input("ab", "c")]),
         artifact_key("s", 1, &p, &[input("a", "bc")])
     );
-    assert_ne!(artifact_key("ab", 1, &json!("c"), &[]), artifact_key("a", 1, &json!("bc"), &[]));
-    assert_ne!(artifact_key("s", 1, &json!(1), &[]), artifact_key("s", 1, &json!(1.0), &[]));
+    assert_ne!(
+        artifact_key("ab", 1, &json!("c"), &[]),
+        artifact_key("a", 1, &json!("bc"), &[])
+    );
+    assert_ne!(
+        artifact_key("s", 1, &json!(1), &[]),
+        artifact_key("s", 1, &json!(1.0), &[])
+    );
     assert_eq!(artifact_key("s", 1, &p, &[]).as_str().len(), 64);
 }
 
@@ -119,7 +133,10 @@ fn artifact_id_accepts_only_64_lowercase_hex() {
     ];
     for s in bad {
         assert!(ArtifactId::parse(&s).is_err(), "{s:?} was accepted");
-        assert!(serde_json::from_value::<ArtifactId>(Value::String(s.clone())).is_err(), "{s:?}");
+        assert!(
+            serde_json::from_value::<ArtifactId>(Value::String(s.clone())).is_err(),
+            "{s:?}"
+        );
     }
     let round: ArtifactId = serde_json::from_value(json!(good)).unwrap();
     assert_eq!(serde_json::to_value(&round).unwrap(), json!(good));
@@ -129,12 +146,17 @@ fn artifact_id_accepts_only_64_lowercase_hex() {
 fn file_hash_streams_and_matches_bytes_hash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.bin");
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     std::fs::write(&path, &data).unwrap();
     assert_eq!(hash_file(&path).unwrap(), hash_bytes(&data));
     assert_eq!(hash_bytes(b"abc"), blake3::hash(b"abc").to_hex().as_str());
     let source = InputRef::source("model", &path).unwrap();
-    assert_eq!((source.stage.as_str(), source.id), ("source", hash_bytes(&data)));
+    assert_eq!(
+        (source.stage.as_str(), source.id),
+        ("source", hash_bytes(&data))
+    );
     let err = hash_file(&dir.path().join("missing")).unwrap_err();
     assert!(format!("{err:#}").contains("missing"), "{err:#}");
 }

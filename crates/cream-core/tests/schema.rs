@@ -10,7 +10,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use cream_core::{
-    ConsistencyRow, EvalRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow, Table,
+    ConsistencyRow, EvalRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow, ScoreRow, Table,
     read_table, write_table,
 };
 use parquet::arrow::ArrowWriter;
@@ -24,7 +24,12 @@ fn roundtrip<T: Table + PartialEq + Debug>(rows: &[T]) {
     assert_eq!(write_table(&a, rows).unwrap(), rows.len() as u64);
     assert_eq!(read_table::<T>(&a).unwrap(), rows);
     write_table(&b, rows).unwrap();
-    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{} bytes differ", T::NAME);
+    assert_eq!(
+        fs::read(&a).unwrap(),
+        fs::read(&b).unwrap(),
+        "{} bytes differ",
+        T::NAME
+    );
 }
 
 const UNICODE: &str = "Ünïcödé 数学 🚀 \u{0} \"quotes\" \n tabs\t";
@@ -32,9 +37,27 @@ const UNICODE: &str = "Ünïcödé 数学 🚀 \u{0} \"quotes\" \n tabs\t";
 #[test]
 fn prompts_roundtrip() {
     roundtrip(&[
-        PromptRow { prompt_id: "p0".into(), source: "gsm8k".into(), task: "math".into(), prompt: UNICODE.into(), answer: Some("42".into()) },
-        PromptRow { prompt_id: String::new(), source: String::new(), task: String::new(), prompt: String::new(), answer: None },
-        PromptRow { prompt_id: "p2".into(), source: "s".into(), task: "t".into(), prompt: "q".into(), answer: Some(String::new()) },
+        PromptRow {
+            prompt_id: "p0".into(),
+            source: "gsm8k".into(),
+            task: "math".into(),
+            prompt: UNICODE.into(),
+            answer: Some("42".into()),
+        },
+        PromptRow {
+            prompt_id: String::new(),
+            source: String::new(),
+            task: String::new(),
+            prompt: String::new(),
+            answer: None,
+        },
+        PromptRow {
+            prompt_id: "p2".into(),
+            source: "s".into(),
+            task: "t".into(),
+            prompt: "q".into(),
+            answer: Some(String::new()),
+        },
     ]);
     roundtrip::<PromptRow>(&[]);
 }
@@ -52,43 +75,146 @@ fn samples_roundtrip() {
         finish_reason: "stop".into(),
         seed: u64::MAX - u64::from(i),
     };
-    roundtrip(&[row(0, vec![]), row(1, vec![1, 2, 3]), row(2, vec![u32::MAX, 0]), row(3, vec![])]);
+    roundtrip(&[
+        row(0, vec![]),
+        row(1, vec![1, 2, 3]),
+        row(2, vec![u32::MAX, 0]),
+        row(3, vec![]),
+    ]);
 }
 
 #[test]
-fn rewards_consistency_pairs_metrics_eval_roundtrip() {
+fn other_tables_roundtrip() {
     roundtrip(&[
-        RewardRow { prompt_id: "p".into(), sample_idx: 0, mode: "implicit".into(), s_policy: -1.25, s_ref: Some(-3.5), n_scored: 12, reward: 2.25 },
-        RewardRow { prompt_id: "p".into(), sample_idx: 1, mode: "judge".into(), s_policy: f64::INFINITY, s_ref: None, n_scored: 0, reward: -0.0 },
+        RewardRow {
+            prompt_id: "p".into(),
+            sample_idx: 0,
+            mode: "implicit".into(),
+            s_policy: -1.25,
+            s_ref: Some(-3.5),
+            n_scored: 12,
+            reward: 2.25,
+        },
+        RewardRow {
+            prompt_id: "p".into(),
+            sample_idx: 1,
+            mode: "judge".into(),
+            s_policy: f64::INFINITY,
+            s_ref: None,
+            n_scored: 0,
+            reward: -0.0,
+        },
     ]);
-    roundtrip(&[ConsistencyRow { prompt_id: "p".into(), n: 4, tau: -0.5, c: 0.25, ties_current: 1, ties_previous: 0 }]);
+    roundtrip(&[ConsistencyRow {
+        prompt_id: "p".into(),
+        n: 4,
+        tau: -0.5,
+        c: 0.25,
+        ties_current: 1,
+        ties_previous: 0,
+    }]);
     roundtrip(&[PairRow {
-        prompt_id: "p".into(), prompt: UNICODE.into(), chosen: "a".into(), rejected: String::new(),
-        chosen_idx: 3, rejected_idx: 0, chosen_reward: 1.0, rejected_reward: -1.0, c: 0.75,
+        prompt_id: "p".into(),
+        prompt: UNICODE.into(),
+        chosen: "a".into(),
+        rejected: String::new(),
+        chosen_idx: 3,
+        rejected_idx: 0,
+        chosen_reward: 1.0,
+        rejected_reward: -1.0,
+        c: 0.75,
     }]);
     roundtrip(&[MetricRow {
-        step: u64::MAX, epoch: 0.5, loss: 0.69, reward_margin: 0.1, reward_accuracy: 0.6,
-        grad_norm: 1e-300, lr: 5e-7, tokens: 1 << 40, tokens_per_s: 1234.5,
+        step: u64::MAX,
+        epoch: 0.5,
+        loss: 0.69,
+        reward_margin: 0.1,
+        reward_accuracy: 0.6,
+        grad_norm: 1e-300,
+        lr: 5e-7,
+        tokens: 1 << 40,
+        tokens_per_s: 1234.5,
+    }]);
+    roundtrip(&[ScoreRow {
+        prompt_id: "p".into(),
+        sample_idx: 2,
+        sum_logprob: -12.5,
+        n_scored: 9,
     }]);
     roundtrip(&[
-        EvalRow { prompt_id: "p".into(), task: "gsm8k".into(), prompt: "q".into(), response: UNICODE.into(), extracted: Some("7".into()), answer: "7".into(), correct: true },
-        EvalRow { prompt_id: "q".into(), task: "gsm8k".into(), prompt: "q".into(), response: String::new(), extracted: None, answer: "8".into(), correct: false },
+        EvalRow {
+            prompt_id: "p".into(),
+            task: "gsm8k".into(),
+            prompt: "q".into(),
+            response: UNICODE.into(),
+            extracted: Some("7".into()),
+            answer: "7".into(),
+            correct: true,
+        },
+        EvalRow {
+            prompt_id: "q".into(),
+            task: "gsm8k".into(),
+            prompt: "q".into(),
+            response: String::new(),
+            extracted: None,
+            answer: "8".into(),
+            correct: false,
+        },
     ]);
 }
 
 fn sample_row() -> impl Strategy<Value = SampleRow> {
     (
         ("\\PC{0,8}", any::<u32>(), "\\PC{0,40}", "\\PC{0,40}"),
-        (prop::collection::vec(any::<u32>(), 0..50), any::<u32>(), any::<u32>(), "[a-z]{0,6}", any::<u64>()),
+        (
+            prop::collection::vec(any::<u32>(), 0..50),
+            any::<u32>(),
+            any::<u32>(),
+            "[a-z]{0,6}",
+            any::<u64>(),
+        ),
     )
-        .prop_map(|((prompt_id, sample_idx, prompt, response), (token_ids, prompt_tokens, response_tokens, finish_reason, seed))| {
-            SampleRow { prompt_id, sample_idx, prompt, response, token_ids, prompt_tokens, response_tokens, finish_reason, seed }
-        })
+        .prop_map(
+            |(
+                (prompt_id, sample_idx, prompt, response),
+                (token_ids, prompt_tokens, response_tokens, finish_reason, seed),
+            )| {
+                SampleRow {
+                    prompt_id,
+                    sample_idx,
+                    prompt,
+                    response,
+                    token_ids,
+                    prompt_tokens,
+                    response_tokens,
+                    finish_reason,
+                    seed,
+                }
+            },
+        )
 }
 
 fn reward_row() -> impl Strategy<Value = RewardRow> {
-    ("\\PC{0,8}", any::<u32>(), "\\PC{0,8}", -1e300f64..1e300, prop::option::of(-1e3f64..1e3), any::<u32>(), any::<f64>().prop_filter("not NaN", |x| !x.is_nan()))
-        .prop_map(|(prompt_id, sample_idx, mode, s_policy, s_ref, n_scored, reward)| RewardRow { prompt_id, sample_idx, mode, s_policy, s_ref, n_scored, reward })
+    (
+        "\\PC{0,8}",
+        any::<u32>(),
+        "\\PC{0,8}",
+        -1e300f64..1e300,
+        prop::option::of(-1e3f64..1e3),
+        any::<u32>(),
+        any::<f64>().prop_filter("not NaN", |x| !x.is_nan()),
+    )
+        .prop_map(
+            |(prompt_id, sample_idx, mode, s_policy, s_ref, n_scored, reward)| RewardRow {
+                prompt_id,
+                sample_idx,
+                mode,
+                s_policy,
+                s_ref,
+                n_scored,
+                reward,
+            },
+        )
 }
 
 proptest! {
@@ -116,13 +242,27 @@ fn schemas_declare_types_and_nullability() {
         samples.field_with_name("token_ids").unwrap().data_type(),
         &DataType::List(Arc::new(Field::new_list_field(DataType::UInt32, false)))
     );
-    assert_eq!(samples.field_with_name("seed").unwrap().data_type(), &DataType::UInt64);
+    assert_eq!(
+        samples.field_with_name("seed").unwrap().data_type(),
+        &DataType::UInt64
+    );
     let rewards = RewardRow::schema();
     assert!(rewards.field_with_name("s_ref").unwrap().is_nullable());
     assert!(!rewards.field_with_name("reward").unwrap().is_nullable());
-    assert_eq!(EvalRow::schema().field_with_name("correct").unwrap().data_type(), &DataType::Boolean);
+    assert_eq!(
+        EvalRow::schema()
+            .field_with_name("correct")
+            .unwrap()
+            .data_type(),
+        &DataType::Boolean
+    );
     assert_eq!(RewardRow::file_name(), "rewards.parquet");
-    for schema in [ConsistencyRow::schema(), PairRow::schema(), MetricRow::schema(), samples] {
+    for schema in [
+        ConsistencyRow::schema(),
+        PairRow::schema(),
+        MetricRow::schema(),
+        samples,
+    ] {
         assert!(schema.fields().iter().all(|f| !f.is_nullable()));
     }
 }
@@ -142,15 +282,26 @@ fn files_carry_table_metadata() {
         .filter(|e| e.key.starts_with("cream."))
         .map(|e| (e.key.as_str(), e.value.as_deref().unwrap()))
         .collect();
-    assert_eq!(kv, [("cream.table", "samples"), ("cream.schema_version", "1")]);
+    assert_eq!(
+        kv,
+        [("cream.table", "samples"), ("cream.schema_version", "1")]
+    );
 }
 
 /// Writes a Parquet file with the given columns, as another writer might.
 fn write_raw(dir: &Path, columns: Vec<(&str, ArrayRef, bool)>) -> PathBuf {
     let path = dir.join("odd.parquet");
-    let fields: Vec<_> = columns.iter().map(|(n, a, null)| Field::new(*n, a.data_type().clone(), *null)).collect();
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|c| c.1).collect()).unwrap();
-    let mut writer = ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    let fields: Vec<_> = columns
+        .iter()
+        .map(|(n, a, null)| Field::new(*n, a.data_type().clone(), *null))
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|c| c.1).collect(),
+    )
+    .unwrap();
+    let mut writer =
+        ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     path
@@ -188,7 +339,11 @@ fn foreign_but_compatible_files_are_read() {
     // polars writes them) but holding no null.
     let mut columns = prompt_columns();
     columns.reverse();
-    columns[1] = ("prompt", Arc::new(LargeStringArray::from(vec!["x", "y"])), true);
+    columns[1] = (
+        "prompt",
+        Arc::new(LargeStringArray::from(vec!["x", "y"])),
+        true,
+    );
     let path = write_raw(dir.path(), columns);
     let rows = read_table::<PromptRow>(&path).unwrap();
     assert_eq!(rows[1].prompt, "y");
@@ -202,16 +357,36 @@ fn missing_column_is_named() {
     let mut columns = prompt_columns();
     columns.remove(2);
     let msg = read_err(&write_raw(dir.path(), columns));
-    assert_mentions(&msg, &["odd.parquet", "missing column \"task\"", "Utf8", "rerun the stage"]);
+    assert_mentions(
+        &msg,
+        &[
+            "odd.parquet",
+            "missing column \"task\"",
+            "Utf8",
+            "rerun the stage",
+        ],
+    );
 }
 
 #[test]
 fn extra_column_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut columns = prompt_columns();
-    columns.push(("bogus", Arc::new(BooleanArray::from(vec![true, false])), false));
+    columns.push((
+        "bogus",
+        Arc::new(BooleanArray::from(vec![true, false])),
+        false,
+    ));
     let msg = read_err(&write_raw(dir.path(), columns));
-    assert_mentions(&msg, &["odd.parquet", "unexpected column \"bogus\"", "Boolean", "prompt_id, source"]);
+    assert_mentions(
+        &msg,
+        &[
+            "odd.parquet",
+            "unexpected column \"bogus\"",
+            "Boolean",
+            "prompt_id, source",
+        ],
+    );
 }
 
 #[test]
@@ -220,18 +395,32 @@ fn wrong_type_is_named_with_expected_and_found() {
     let mut columns = prompt_columns();
     columns[2] = ("task", Arc::new(Int64Array::from(vec![1, 2])), false);
     let msg = read_err(&write_raw(dir.path(), columns));
-    assert_mentions(&msg, &["odd.parquet", "column \"task\"", "Int64", "needs Utf8"]);
+    assert_mentions(
+        &msg,
+        &["odd.parquet", "column \"task\"", "Int64", "needs Utf8"],
+    );
 
     let columns = vec![
         ("prompt_id", strings(&[Some("p")]), false),
         ("n", Arc::new(Int64Array::from(vec![3])) as ArrayRef, false),
-        ("tau", Arc::new(arrow::array::Float64Array::from(vec![0.5])), false),
-        ("c", Arc::new(arrow::array::Float32Array::from(vec![0.5])), false),
+        (
+            "tau",
+            Arc::new(arrow::array::Float64Array::from(vec![0.5])),
+            false,
+        ),
+        (
+            "c",
+            Arc::new(arrow::array::Float32Array::from(vec![0.5])),
+            false,
+        ),
         ("ties_current", Arc::new(UInt32Array::from(vec![0])), false),
         ("ties_previous", Arc::new(UInt32Array::from(vec![0])), false),
     ];
     let err = read_table::<ConsistencyRow>(&write_raw(dir.path(), columns)).unwrap_err();
-    assert_mentions(&format!("{err:#}"), &["odd.parquet", "column \"n\"", "Int64", "UInt32"]);
+    assert_mentions(
+        &format!("{err:#}"),
+        &["odd.parquet", "column \"n\"", "Int64", "UInt32"],
+    );
 }
 
 #[test]
@@ -249,7 +438,10 @@ fn a_table_of_another_kind_is_refused() {
     let path = dir.path().join("rewards.parquet");
     write_table::<RewardRow>(&path, &[]).unwrap();
     let err = read_table::<SampleRow>(&path).unwrap_err();
-    assert_mentions(&format!("{err:#}"), &["rewards.parquet", "rewards table, not a samples table"]);
+    assert_mentions(
+        &format!("{err:#}"),
+        &["rewards.parquet", "rewards table, not a samples table"],
+    );
 }
 
 #[test]
@@ -257,13 +449,22 @@ fn corrupt_files_are_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.parquet");
     let rows: Vec<_> = (0..500)
-        .map(|i| PromptRow { prompt_id: format!("p{i}"), source: "s".into(), task: "t".into(), prompt: "q".repeat(i % 50), answer: None })
+        .map(|i| PromptRow {
+            prompt_id: format!("p{i}"),
+            source: "s".into(),
+            task: "t".into(),
+            prompt: "q".repeat(i % 50),
+            answer: None,
+        })
         .collect();
     write_table(&good, &rows).unwrap();
     let bytes = fs::read(&good).unwrap();
     let mut variants: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
-        ("garbage", b"this is not parquet at all, not even close".repeat(10)),
+        (
+            "garbage",
+            b"this is not parquet at all, not even close".repeat(10),
+        ),
         ("truncated", bytes[..bytes.len() - 10].to_vec()),
         ("headless", bytes[bytes.len() / 2..].to_vec()),
     ];
@@ -279,7 +480,10 @@ fn corrupt_files_are_errors_naming_the_file() {
         match read_table::<PromptRow>(&path) {
             Err(err) => assert_mentions(&format!("{err:#}"), &[&format!("bad{i}.parquet")]),
             // A flip may hit a byte whose change still decodes (e.g. inside a string).
-            Ok(read) => assert!(what == "flipped" && read.len() == rows.len(), "{what} was read"),
+            Ok(read) => assert!(
+                what == "flipped" && read.len() == rows.len(),
+                "{what} was read"
+            ),
         }
     }
     let err = read_table::<PromptRow>(&dir.path().join("absent.parquet")).unwrap_err();

@@ -47,8 +47,11 @@ fn rewards() -> Vec<RewardRow> {
 fn work(dir: &Path) -> Result<ProduceOutput> {
     let rows = write_table(&dir.join("rewards.parquet"), &rewards())?;
     fs::write(dir.join("notes.txt"), "hello")?;
-    Ok(ProduceOutput { extra: json!({"mean_reward": 0.5}), ..Default::default() }
-        .with_rows("rewards.parquet", rows))
+    Ok(ProduceOutput {
+        extra: json!({"mean_reward": 0.5}),
+        ..Default::default()
+    }
+    .with_rows("rewards.parquet", rows))
 }
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -58,7 +61,10 @@ fn store() -> (tempfile::TempDir, Store) {
 }
 
 fn produce(store: &Store, tag: &str) -> Artifact {
-    store.produce(&spec(tag), "test", "cpu", work).unwrap().artifact
+    store
+        .produce(&spec(tag), "test", "cpu", work)
+        .unwrap()
+        .artifact
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -72,7 +78,11 @@ fn entries(dir: &Path) -> Vec<String> {
 
 fn temp_dirs(store: &Store) -> Vec<PathBuf> {
     let stage = store.root().join("judge");
-    entries(&stage).into_iter().filter(|n| n.starts_with(".tmp-")).map(|n| stage.join(n)).collect()
+    entries(&stage)
+        .into_iter()
+        .filter(|n| n.starts_with(".tmp-"))
+        .map(|n| stage.join(n))
+        .collect()
 }
 
 fn message(err: &anyhow::Error) -> String {
@@ -82,7 +92,8 @@ fn message(err: &anyhow::Error) -> String {
 /// Runs this test binary's test `name` as a child process with `env` set.
 fn spawn_self(name: &str, env: &[(&str, &Path)]) -> std::process::Child {
     let mut cmd = Command::new(env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"]).stdout(Stdio::piped());
+    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .stdout(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -92,8 +103,16 @@ fn spawn_self(name: &str, env: &[(&str, &Path)]) -> std::process::Child {
 fn wait_for(path: &Path, child: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !path.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "child exited before {}", path.display());
-        assert!(Instant::now() < deadline, "timed out waiting for {}", path.display());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "child exited before {}",
+            path.display()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {}",
+            path.display()
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -111,9 +130,15 @@ fn produce_publishes_then_hits_cache() {
     let a = &first.artifact;
     assert_eq!(*a.id(), spec("a").id());
     assert_eq!(a.dir, store.root().join("judge").join(a.id().as_str()));
-    assert_eq!(entries(&a.dir), ["manifest.json", "notes.txt", "rewards.parquet"]);
+    assert_eq!(
+        entries(&a.dir),
+        ["manifest.json", "notes.txt", "rewards.parquet"]
+    );
     let m = &a.manifest;
-    assert_eq!((m.format.as_str(), m.stage.as_str(), m.schema_version), ("cream-manifest/1", "judge", 1));
+    assert_eq!(
+        (m.format.as_str(), m.stage.as_str(), m.schema_version),
+        ("cream-manifest/1", "judge", 1)
+    );
     assert_eq!((m.code_version.as_str(), m.backend.as_str()), ("v1", "cpu"));
     assert_eq!(m.params, spec("a").params);
     assert_eq!(m.inputs, spec("a").inputs);
@@ -123,12 +148,19 @@ fn produce_publishes_then_hits_cache() {
     assert_eq!(m.files["notes.txt"].blake3, hash_bytes(b"hello"));
     assert_eq!(m.files["notes.txt"].bytes, 5);
     assert!(m.wall_time_s >= 0.0);
-    assert!(m.created_at.len() == 20 && m.created_at.ends_with('Z'), "{}", m.created_at);
+    assert!(
+        m.created_at.len() == 20 && m.created_at.ends_with('Z'),
+        "{}",
+        m.created_at
+    );
     let on_disk: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(a.dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(on_disk["id"], json!(a.id().as_str()));
 
-    assert_eq!(read_table::<RewardRow>(&a.path("rewards.parquet").unwrap()).unwrap(), rewards());
+    assert_eq!(
+        read_table::<RewardRow>(&a.path("rewards.parquet").unwrap()).unwrap(),
+        rewards()
+    );
     assert!(message(&a.path("samples.parquet").unwrap_err()).contains("samples.parquet"));
     assert_eq!(a.as_input("rewards").id, a.id().to_string());
 
@@ -139,14 +171,26 @@ fn produce_publishes_then_hits_cache() {
 
     assert_eq!(store.lookup(&spec("a")).unwrap().unwrap().manifest, *m);
     assert!(store.lookup(&spec("b")).unwrap().is_none());
-    let by_id = store.open_artifact(&format!("judge/{}", a.id()), Some("judge")).unwrap();
+    let by_id = store
+        .open_artifact(&format!("judge/{}", a.id()), Some("judge"))
+        .unwrap();
     let by_path = store.open_artifact(a.dir.to_str().unwrap(), None).unwrap();
     assert_eq!((by_id.dir, by_path.manifest), (a.dir.clone(), m.clone()));
-    let wrong = store.open_artifact(a.dir.to_str().unwrap(), Some("generate")).unwrap_err();
-    assert!(matches!(wrong.downcast_ref(), Some(StoreError::WrongStage { .. })), "{wrong:#}");
+    let wrong = store
+        .open_artifact(a.dir.to_str().unwrap(), Some("generate"))
+        .unwrap_err();
+    assert!(
+        matches!(wrong.downcast_ref(), Some(StoreError::WrongStage { .. })),
+        "{wrong:#}"
+    );
 
     produce(&store, "b");
-    let listed: Vec<_> = store.list("judge").unwrap().into_iter().map(|a| a.id().clone()).collect();
+    let listed: Vec<_> = store
+        .list("judge")
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id().clone())
+        .collect();
     let mut expected = vec![spec("a").id(), spec("b").id()];
     expected.sort();
     assert_eq!(listed, expected);
@@ -173,7 +217,12 @@ fn failing_or_panicking_work_publishes_nothing() {
     assert!(panicked.is_err());
     assert!(store.lookup(&spec("a")).unwrap().is_none());
     assert_eq!(entries(&store.root().join("judge")), [".locks"]);
-    assert!(!store.produce(&spec("a"), "test", "cpu", work).unwrap().cache_hit);
+    assert!(
+        !store
+            .produce(&spec("a"), "test", "cpu", work)
+            .unwrap()
+            .cache_hit
+    );
 }
 
 #[test]
@@ -181,9 +230,27 @@ fn bad_outputs_are_refused() {
     let (_tmp, store) = store();
     type Work = fn(&Path) -> Result<ProduceOutput>;
     let cases: [(Work, &str); 5] = [
-        (|d| { fs::create_dir(d.join("sub"))?; Ok(ProduceOutput::default()) }, "not a regular file"),
-        (|d| { fs::write(d.join(".hidden"), "x")?; Ok(ProduceOutput::default()) }, ".hidden"),
-        (|d| { fs::write(d.join("manifest.json"), "{}")?; Ok(ProduceOutput::default()) }, "manifest.json"),
+        (
+            |d| {
+                fs::create_dir(d.join("sub"))?;
+                Ok(ProduceOutput::default())
+            },
+            "not a regular file",
+        ),
+        (
+            |d| {
+                fs::write(d.join(".hidden"), "x")?;
+                Ok(ProduceOutput::default())
+            },
+            ".hidden",
+        ),
+        (
+            |d| {
+                fs::write(d.join("manifest.json"), "{}")?;
+                Ok(ProduceOutput::default())
+            },
+            "manifest.json",
+        ),
         (
             |d| {
                 std::os::unix::fs::symlink("/etc/passwd", d.join("link"))?;
@@ -191,15 +258,29 @@ fn bad_outputs_are_refused() {
             },
             "not a regular file",
         ),
-        (|_| Ok(ProduceOutput::default().with_rows("ghost.parquet", 1)), "ghost.parquet"),
+        (
+            |_| Ok(ProduceOutput::default().with_rows("ghost.parquet", 1)),
+            "ghost.parquet",
+        ),
     ];
     for (f, needle) in cases {
         let err = store.produce(&spec("a"), "test", "cpu", f).unwrap_err();
         assert!(message(&err).contains(needle), "{needle}: {err:#}");
         assert_eq!(entries(&store.root().join("judge")), [".locks"]);
     }
-    let err = store.produce(&ArtifactSpec { stage: "../x".into(), ..spec("a") }, "t", "cpu", work);
-    assert!(matches!(err.unwrap_err().downcast_ref(), Some(StoreError::InvalidStage(_))));
+    let err = store.produce(
+        &ArtifactSpec {
+            stage: "../x".into(),
+            ..spec("a")
+        },
+        "t",
+        "cpu",
+        work,
+    );
+    assert!(matches!(
+        err.unwrap_err().downcast_ref(),
+        Some(StoreError::InvalidStage(_))
+    ));
 }
 
 const CRASH_ENV: &str = "CREAM_TEST_CRASH_ROOT";
@@ -236,19 +317,29 @@ fn crash_inside_work_leaves_nothing_finished() {
     assert_eq!(entries(&leftovers[0]), ["rewards.parquet"]);
     assert!(!store.root().join("judge").join(id.as_str()).exists());
     assert!(store.lookup(&spec("crash")).unwrap().is_none());
-    let err = store.open_artifact(leftovers[0].to_str().unwrap(), None).unwrap_err();
-    assert!(matches!(err.downcast_ref(), Some(StoreError::NotFinished { .. })), "{err:#}");
+    let err = store
+        .open_artifact(leftovers[0].to_str().unwrap(), None)
+        .unwrap_err();
+    assert!(
+        matches!(err.downcast_ref(), Some(StoreError::NotFinished { .. })),
+        "{err:#}"
+    );
     assert!(message(&err).contains("not a finished artifact") && message(&err).contains("just gc"));
 
     let rerun = store.produce(&spec("crash"), "test", "cpu", work).unwrap();
     assert!(!rerun.cache_hit);
-    assert_eq!(read_table::<RewardRow>(&rerun.artifact.path("rewards.parquet").unwrap()).unwrap(), rewards());
+    assert_eq!(
+        read_table::<RewardRow>(&rerun.artifact.path("rewards.parquet").unwrap()).unwrap(),
+        rewards()
+    );
 
     let report = store.gc().unwrap();
     assert_eq!(report.removed, leftovers);
     assert!(report.in_use.is_empty());
     assert!(temp_dirs(&store).is_empty());
-    store.open_artifact(&format!("judge/{id}"), Some("judge")).unwrap();
+    store
+        .open_artifact(&format!("judge/{id}"), Some("judge"))
+        .unwrap();
     assert_eq!(store.gc().unwrap(), Default::default());
 }
 
@@ -260,8 +351,13 @@ fn gc_spares_live_writers_and_finished_artifacts() {
     let stray = store.root().join("judge").join(spec("stray").id().as_str());
     fs::create_dir(&stray).unwrap();
     fs::write(stray.join("rewards.parquet"), "x").unwrap();
-    let err = store.produce(&spec("stray"), "test", "cpu", work).unwrap_err();
-    assert!(matches!(err.downcast_ref(), Some(StoreError::NotFinished { .. })), "{err:#}");
+    let err = store
+        .produce(&spec("stray"), "test", "cpu", work)
+        .unwrap_err();
+    assert!(
+        matches!(err.downcast_ref(), Some(StoreError::NotFinished { .. })),
+        "{err:#}"
+    );
 
     let (inside, release) = (Barrier::new(2), Barrier::new(2));
     thread::scope(|s| {
@@ -279,31 +375,49 @@ fn gc_spares_live_writers_and_finished_artifacts() {
         release.wait(); // before any assertion, so that a failure cannot leave the writer waiting
         let report = report.unwrap();
         assert_eq!(report.in_use, live);
-        assert_eq!(report.removed, [stray.clone()]);
+        assert_eq!(report.removed, std::slice::from_ref(&stray));
         assert!(survived && live.len() == 1, "{live:?}");
         assert!(!writer.join().unwrap().unwrap().cache_hit);
     });
     assert_eq!(store.gc().unwrap(), Default::default());
-    store.open_artifact(finished.dir.to_str().unwrap(), Some("judge")).unwrap();
-    assert!(!store.produce(&spec("stray"), "test", "cpu", work).unwrap().cache_hit);
+    store
+        .open_artifact(finished.dir.to_str().unwrap(), Some("judge"))
+        .unwrap();
+    assert!(
+        !store
+            .produce(&spec("stray"), "test", "cpu", work)
+            .unwrap()
+            .cache_hit
+    );
 }
 
 /// Expects `open_artifact` of `a` to fail with a message containing every needle, and `produce`
 /// to refuse to overwrite it without calling the work function.
 fn assert_refused(store: &Store, a: &Artifact, tag: &str, needles: &[&str]) {
-    let err = store.open_artifact(a.dir.to_str().unwrap(), Some("judge")).unwrap_err();
-    for needle in needles.iter().chain(&[a.id().as_str(), "delete the directory"]) {
+    let err = store
+        .open_artifact(a.dir.to_str().unwrap(), Some("judge"))
+        .unwrap_err();
+    for needle in needles
+        .iter()
+        .chain(&[a.id().as_str(), "delete the directory"])
+    {
         assert!(message(&err).contains(needle), "{needle:?} not in: {err:#}");
     }
-    assert!(matches!(err.downcast_ref(), Some(StoreError::Corrupt { .. })), "{err:#}");
+    assert!(
+        matches!(err.downcast_ref(), Some(StoreError::Corrupt { .. })),
+        "{err:#}"
+    );
     assert!(store.lookup(&spec(tag)).is_err());
-    let err = store.produce(&spec(tag), "t", "cpu", |_| panic!("must not rerun")).unwrap_err();
+    let err = store
+        .produce(&spec(tag), "t", "cpu", |_| panic!("must not rerun"))
+        .unwrap_err();
     assert!(message(&err).contains(a.id().as_str()), "{err:#}");
 }
 
 fn edit_manifest(a: &Artifact, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = a.dir.join("manifest.json");
-    let mut m: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut m);
     fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
 }
@@ -318,13 +432,23 @@ fn tampering_is_detected() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     fs::write(&file, &bytes).unwrap();
-    assert_refused(&store, &a, "flip", &["file rewards.parquet has blake3", "but manifest.json says"]);
+    assert_refused(
+        &store,
+        &a,
+        "flip",
+        &["file rewards.parquet has blake3", "but manifest.json says"],
+    );
     // The cheap mode checks sizes only.
     let cheap = store.clone().with_verify(Verify::Sizes);
     cheap.open_artifact(a.dir.to_str().unwrap(), None).unwrap();
     fs::write(&file, &bytes[1..]).unwrap();
-    let err = cheap.open_artifact(a.dir.to_str().unwrap(), None).unwrap_err();
-    assert!(message(&err).contains("file rewards.parquet has"), "{err:#}");
+    let err = cheap
+        .open_artifact(a.dir.to_str().unwrap(), None)
+        .unwrap_err();
+    assert!(
+        message(&err).contains("file rewards.parquet has"),
+        "{err:#}"
+    );
 
     let a = produce(&store, "delete");
     fs::remove_file(a.dir.join("notes.txt")).unwrap();
@@ -336,7 +460,12 @@ fn tampering_is_detected() {
         let entry = files.remove("notes.txt").unwrap();
         files.insert("../x".into(), entry);
     });
-    assert_refused(&store, &a, "traverse", &["\"../x\"", "not a plain file name"]);
+    assert_refused(
+        &store,
+        &a,
+        "traverse",
+        &["\"../x\"", "not a plain file name"],
+    );
 
     let a = produce(&store, "id");
     edit_manifest(&a, |m| m["id"] = json!(spec("other").id().as_str()));
@@ -352,7 +481,12 @@ fn tampering_is_detected() {
 
     let a = produce(&store, "json");
     fs::write(a.dir.join("manifest.json"), "{ not json").unwrap();
-    assert_refused(&store, &a, "json", &["manifest.json is not a valid manifest"]);
+    assert_refused(
+        &store,
+        &a,
+        "json",
+        &["manifest.json is not a valid manifest"],
+    );
 
     let a = produce(&store, "format");
     edit_manifest(&a, |m| m["format"] = json!("cream-manifest/99"));
@@ -382,26 +516,48 @@ fn paths_outside_the_store_are_refused() {
         format!("judge/{}", spec("root").id()),
         format!("judge/{}", "z".repeat(64)),
         format!("judge/../../{}", spec("real").id()),
-        format!("{}/../../outside/{}", store.root().display(), spec("evil").id()),
+        format!(
+            "{}/../../outside/{}",
+            store.root().display(),
+            spec("evil").id()
+        ),
         store.root().to_str().unwrap().to_owned(),
         store.root().join("judge").to_str().unwrap().to_owned(),
-        store.root().join("judge/.locks").to_str().unwrap().to_owned(),
+        store
+            .root()
+            .join("judge/.locks")
+            .to_str()
+            .unwrap()
+            .to_owned(),
         format!("JUDGE/{}", spec("real").id()),
     ];
     for bad in &bad_ids {
         let err = store.open_artifact(bad, None).unwrap_err();
-        assert!(matches!(err.downcast_ref(), Some(StoreError::NotInStore { .. })), "{bad}: {err:#}");
-        assert!(message(&err).contains("not an artifact of the store"), "{bad}: {err:#}");
+        assert!(
+            matches!(err.downcast_ref(), Some(StoreError::NotInStore { .. })),
+            "{bad}: {err:#}"
+        );
+        assert!(
+            message(&err).contains("not an artifact of the store"),
+            "{bad}: {err:#}"
+        );
     }
     assert!(store.lookup(&spec("evil")).is_err());
-    assert!(store.produce(&spec("evil"), "t", "cpu", |_| panic!("must not run")).is_err());
+    assert!(
+        store
+            .produce(&spec("evil"), "t", "cpu", |_| panic!("must not run"))
+            .is_err()
+    );
 }
 
 const RACE_ENV: &str = "CREAM_TEST_RACE_ROOT";
 
 /// The work of a racing writer: log the invocation, then take a while.
 fn slow_work(dir: &Path, log: &Path) -> Result<ProduceOutput> {
-    writeln!(OpenOptions::new().create(true).append(true).open(log)?, "invoked")?;
+    writeln!(
+        OpenOptions::new().create(true).append(true).open(log)?,
+        "invoked"
+    )?;
     thread::sleep(Duration::from_millis(300));
     work(dir)
 }
@@ -416,7 +572,10 @@ fn concurrent_writers_of_one_key_produce_once() {
             thread::sleep(Duration::from_millis(1));
         }
         let log = var("CREAM_TEST_LOG");
-        let p = Store::open(root).unwrap().produce(&spec("race"), "t", "cpu", |d| slow_work(d, &log)).unwrap();
+        let p = Store::open(root)
+            .unwrap()
+            .produce(&spec("race"), "t", "cpu", |d| slow_work(d, &log))
+            .unwrap();
         println!("RESULT {} {}", p.artifact.id(), p.cache_hit);
         return;
     }
@@ -427,7 +586,12 @@ fn concurrent_writers_of_one_key_produce_once() {
             let ready = tmp.path().join(format!("ready{k}"));
             let child = spawn_self(
                 "concurrent_writers_of_one_key_produce_once",
-                &[(RACE_ENV, store.root()), ("CREAM_TEST_READY", &ready), ("CREAM_TEST_GO", &go), ("CREAM_TEST_LOG", &log)],
+                &[
+                    (RACE_ENV, store.root()),
+                    ("CREAM_TEST_READY", &ready),
+                    ("CREAM_TEST_GO", &go),
+                    ("CREAM_TEST_LOG", &log),
+                ],
             );
             (child, ready)
         })
@@ -464,7 +628,11 @@ fn concurrent_writers_of_one_key_produce_once() {
         assert!(out.status.success());
         let stdout = String::from_utf8(out.stdout).unwrap();
         // The harness may print "test <name> ... " on the same line first.
-        let line = stdout.lines().find_map(|l| l.split_once("RESULT ")).expect("child result").1;
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("RESULT "))
+            .expect("child result")
+            .1;
         let (id, hit) = line.split_once(' ').unwrap();
         all.push((id.to_owned(), hit == "true"));
     }
@@ -472,9 +640,18 @@ fn concurrent_writers_of_one_key_produce_once() {
     assert_eq!(invocations, 1, "work ran {invocations} times");
     assert!(calls.load(Ordering::SeqCst) <= 1);
     assert_eq!(all.len(), threads + 2);
-    assert!(all.iter().all(|(id, _)| *id == spec("race").id().to_string()), "{all:?}");
+    assert!(
+        all.iter()
+            .all(|(id, _)| *id == spec("race").id().to_string()),
+        "{all:?}"
+    );
     assert_eq!(all.iter().filter(|(_, hit)| !hit).count(), 1, "{all:?}");
-    let a = store.open_artifact(&format!("judge/{}", spec("race").id()), Some("judge")).unwrap();
-    assert_eq!(read_table::<RewardRow>(&a.path("rewards.parquet").unwrap()).unwrap(), rewards());
+    let a = store
+        .open_artifact(&format!("judge/{}", spec("race").id()), Some("judge"))
+        .unwrap();
+    assert_eq!(
+        read_table::<RewardRow>(&a.path("rewards.parquet").unwrap()).unwrap(),
+        rewards()
+    );
     assert!(temp_dirs(&store).is_empty());
 }

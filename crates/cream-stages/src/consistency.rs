@@ -16,7 +16,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 use cream_algo::Method;
 use cream_core::{Artifact, ArtifactSpec, ConsistencyRow, ProduceOutput, write_table};
-use polars::prelude::*;
+use polars::prelude::{
+    DataFrame, DataFrameJoinOps, DataType, JoinArgs, JoinCoalesce, JoinType, ParquetReader, SerReader,
+    SortMultipleOptions,
+};
 use serde_json::{Value, json};
 
 use crate::config::Pipeline;
@@ -237,7 +240,7 @@ pub(crate) fn prompt_runs(ids: &[String]) -> Vec<Range<usize>> {
 pub(crate) fn str_values(df: &DataFrame, name: &str) -> Result<Vec<String>> {
     df.column(name)?
         .str()?
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, v)| v.map(str::to_owned).with_context(|| format!("column {name:?}, row {i}: null")))
         .collect()
@@ -246,7 +249,7 @@ pub(crate) fn str_values(df: &DataFrame, name: &str) -> Result<Vec<String>> {
 pub(crate) fn u32_values(df: &DataFrame, name: &str) -> Result<Vec<u32>> {
     df.column(name)?
         .u32()?
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, v)| v.with_context(|| format!("column {name:?}, row {i}: null")))
         .collect()
@@ -255,7 +258,7 @@ pub(crate) fn u32_values(df: &DataFrame, name: &str) -> Result<Vec<u32>> {
 pub(crate) fn f64_values(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
     df.column(name)?
         .f64()?
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, v)| v.with_context(|| format!("column {name:?}, row {i}: null")))
         .collect()

@@ -5,10 +5,13 @@
 //! when the same spec ran before). The binaries in `cream-cli` are thin wrappers over `run`.
 
 pub mod config;
+pub mod consistency;
 pub mod ctx;
 pub mod eval;
 pub mod generate;
 pub mod judge;
+pub mod pair;
 pub mod prepare;
 pub mod progress;
+pub mod report;
 pub mod train;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use anyhow::{Context, Result, bail, ensure};
 use cream_algo::CMode;
 use cream_core::{Artifact, ArtifactSpec, ConsistencyRow, PairRow, ProduceOutput, read_table, write_table};
-use polars::prelude::*;
+use polars::prelude::{ChunkCast, Column, DataFrame, DataType, ListNameSpaceImpl};
 use serde_json::json;
 
 use crate::config::Pipeline;

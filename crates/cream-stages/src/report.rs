@@ -19,7 +19,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use cream_core::{Artifact, ConsistencyRow, read_table};
-use polars::prelude::*;
+use polars::prelude::{AnyValue, ChunkAgg, Column, DataFrame, DataType, ParquetWriter, SortMultipleOptions};
 use serde_json::Value;
 
 use crate::consistency::read_frame;
