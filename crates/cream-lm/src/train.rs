@@ -37,12 +37,13 @@ impl Default for OptimConfig {
 }
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warmup over
-/// `ceil(warmup_ratio * total)` steps, then cosine decay to 0 (transformers'
-/// `get_cosine_schedule_with_warmup`).
+/// `ceil(warmup_ratio * total)` steps, then cosine decay to 0, as transformers'
+/// `get_cosine_schedule_with_warmup` — except that warmup step `s` uses `(s + 1) / warmup`, so
+/// the first update is not a wasted zero-rate step (which would make a one-step run a no-op).
 pub fn lr_at(cfg: &OptimConfig, step: usize, total: usize) -> f64 {
     let warmup = (cfg.warmup_ratio * total as f64).ceil() as usize;
     if step < warmup {
-        return cfg.lr * step as f64 / warmup.max(1) as f64;
+        return cfg.lr * (step + 1) as f64 / warmup as f64;
     }
     let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
     cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
@@ -218,10 +219,13 @@ mod tests {
     #[test]
     fn schedule_warms_up_linearly_then_decays_by_cosine() {
         let cfg = OptimConfig { lr: 1.0, warmup_ratio: 0.1, ..Default::default() };
-        // 100 steps: 10 warmup steps.
-        assert_eq!(lr_at(&cfg, 0, 100), 0.0);
-        assert!((lr_at(&cfg, 5, 100) - 0.5).abs() < 1e-12);
+        // 100 steps: 10 warmup steps at 0.1, 0.2, ..., 1.0.
+        assert!((lr_at(&cfg, 0, 100) - 0.1).abs() < 1e-12);
+        assert!((lr_at(&cfg, 4, 100) - 0.5).abs() < 1e-12);
+        assert!((lr_at(&cfg, 9, 100) - 1.0).abs() < 1e-12);
         assert!((lr_at(&cfg, 10, 100) - 1.0).abs() < 1e-12);
+        // One step with warmup: the step still trains.
+        assert!((lr_at(&cfg, 0, 1) - 1.0).abs() < 1e-12);
         assert!((lr_at(&cfg, 55, 100) - 0.5).abs() < 1e-12);
         assert!(lr_at(&cfg, 99, 100) < 0.001);
         // A single-step run still takes a step with a positive rate after warmup rounding.
