@@ -378,16 +378,34 @@ tables! {
         pub prompt_id: String,
         /// The sample's index.
         pub sample_idx: u32,
-        /// How the reward was computed (e.g. `"implicit"` or `"judge"`).
+        /// How the reward was computed: the judge mode, `"dpo"`, `"likelihood"` or `"llm-judge"`.
         pub mode: String,
         /// Score under the policy model.
         pub s_policy: f64,
         /// Score under the reference model, where the mode uses one.
         pub s_ref: Option<f64>,
-        /// Number of tokens scored.
+        /// Number of tokens scored; for mode `"llm-judge"`, the number of judgements whose score
+        /// parsed (0: none did, and `reward` is the fallback 0.0).
         pub n_scored: u32,
         /// The reward.
         pub reward: f64,
+    }
+
+    #[table = "judgements", version = 1]
+    /// One sampled LLM-as-a-judge judgement of one sample (the `llm-judge` mode of `judge`).
+    pub struct JudgementRow {
+        /// The prompt's id.
+        pub prompt_id: String,
+        /// The judged sample's index.
+        pub sample_idx: u32,
+        /// Index of this judgement among the sample's judgements.
+        pub judgement_idx: u32,
+        /// The judge model's raw text (stop tokens removed).
+        pub text: String,
+        /// The parsed score in [0, 5] (the last "Score: k"), if any.
+        pub score: Option<f64>,
+        /// `"ok"` when `score` parsed, `"no_score"` when it did not.
+        pub status: String,
     }
 
     #[table = "consistency", version = 1]

@@ -90,11 +90,61 @@ fn default_batch() -> usize {
 pub struct JudgeSection {
     /// Padded tokens per forward pass.
     pub batch_tokens: usize,
+    /// `llm-judge` mode: sampled judgements per sample, averaged (Yuan et al. 2024 use 3).
+    #[serde(default = "default_judgements")]
+    pub judgements: usize,
+    /// `llm-judge` mode: sampling temperature of the judge (0 = greedy).
+    #[serde(default = "default_judge_temperature")]
+    pub judge_temperature: f64,
+    /// `llm-judge` mode: nucleus mass of the judge's sampling.
+    #[serde(default = "default_judge_top_p")]
+    pub judge_top_p: f64,
+    /// `llm-judge` mode: new tokens per judgement.
+    #[serde(default = "default_judge_max_new_tokens")]
+    pub judge_max_new_tokens: usize,
+}
+
+fn default_judgements() -> usize {
+    3
+}
+fn default_judge_temperature() -> f64 {
+    0.7
+}
+fn default_judge_top_p() -> f64 {
+    0.95
+}
+fn default_judge_max_new_tokens() -> usize {
+    256
 }
 
 impl Default for JudgeSection {
     fn default() -> Self {
-        JudgeSection { batch_tokens: 4096 }
+        JudgeSection {
+            batch_tokens: 4096,
+            judgements: default_judgements(),
+            judge_temperature: default_judge_temperature(),
+            judge_top_p: default_judge_top_p(),
+            judge_max_new_tokens: default_judge_max_new_tokens(),
+        }
+    }
+}
+
+impl JudgeSection {
+    fn validate(&self) -> Result<()> {
+        ensure!(self.batch_tokens >= 1, "[judge] batch_tokens must be >= 1");
+        ensure!(self.judgements >= 1, "[judge] judgements must be >= 1 (got {})", self.judgements);
+        ensure!(
+            self.judge_temperature >= 0.0 && self.judge_temperature.is_finite(),
+            "[judge] judge_temperature must be >= 0 (got {})",
+            self.judge_temperature
+        );
+        ensure!(
+            self.judge_top_p > 0.0 && self.judge_top_p <= 1.0,
+            "[judge] judge_top_p must be in (0, 1] (got {})",
+            self.judge_top_p
+        );
+        ensure!(self.judge_max_new_tokens >= 1, "[judge] judge_max_new_tokens must be >= 1");
+        Ok(())
     }
 }
 
@@ -222,7 +272,7 @@ impl Pipeline {
         ensure!(g.top_p > 0.0 && g.top_p <= 1.0, "[generate] top_p must be in (0, 1] (got {})", g.top_p);
         ensure!(g.max_new_tokens >= 1 && g.max_prompt_tokens >= 1, "[generate] token limits must be >= 1");
         ensure!(g.batch_size >= 1, "[generate] batch_size must be >= 1");
-        ensure!(self.judge.batch_tokens >= 1, "[judge] batch_tokens must be >= 1");
+        self.judge.validate()?;
         if let CMode::Fixed(c) = self.pair.c_mode {
             ensure!((0.0..=1.0).contains(&c), "[pair] fixed C must be in [0, 1] (got {c})");
         }

@@ -8,20 +8,22 @@ use cream_cli::flags::{Stage, emit};
 use cream_stages::judge::JudgeMode;
 
 /// Score samples: `dpo` = S_policy - S_reference (the DPO implicit reward, reference M0);
-/// `likelihood` = mean token log-prob under --policy (the previous-model ranking at t = 1).
+/// `likelihood` = mean token log-prob under --policy (the previous-model ranking at t = 1);
+/// `llm-judge` = mean of sampled 0-5 rubric scores that --policy gives itself (the
+/// Self-Rewarding LM baseline; the [judge] judgements / judge_* settings of --config apply).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
     /// The `generate` artifact.
     #[arg(long)]
     samples: String,
-    /// dpo or likelihood.
+    /// dpo, likelihood or llm-judge.
     #[arg(long, default_value = "dpo", value_parser = JudgeMode::parse)]
     mode: JudgeMode,
     /// The model whose rewards these are (M_t for the current ranking, M_{t-1} for the previous).
     #[arg(long)]
     policy: PathBuf,
-    /// The reference model M0 (dpo mode).
+    /// The reference model M0 (dpo mode; ignored by the other modes).
     #[arg(long)]
     reference: Option<PathBuf>,
     #[command(flatten)]
@@ -31,14 +33,7 @@ struct Cli {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (p, ctx) = cli.stage.init()?;
-    let a = cream_stages::judge::run(
-        &ctx,
-        &cli.samples,
-        cli.mode,
-        &cli.policy,
-        cli.reference.as_deref(),
-        p.judge.batch_tokens,
-    )?;
+    let a = cream_stages::judge::run(&ctx, &p, &cli.samples, cli.mode, &cli.policy, cli.reference.as_deref())?;
     emit(&a);
     Ok(())
 }

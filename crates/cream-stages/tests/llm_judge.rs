@@ -1,0 +1,185 @@
+//! End to end: the `judge` stage's `llm-judge` mode on the real default model
+//! (SmolLM2-135M-Instruct) over a synthetic `generate` artifact of 2 prompts x 2 samples:
+//! both tables, statuses consistent with scores, rewards = mean of the parsed scores (0 when none
+//! parses), the manifest statistics, a cache hit on rerun and batch-size independence.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use cream_core::{ArtifactSpec, JudgementRow, ProduceOutput, RewardRow, SampleRow, read_table, write_table};
+use cream_stages::config::Pipeline;
+use cream_stages::ctx::Ctx;
+use cream_stages::judge::{self, JudgeMode, parse_score};
+use serde_json::json;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn default_model() -> PathBuf {
+    let path = repo_root().join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.is_file(), "default model {} is missing; run `just setup`", path.display());
+    path
+}
+
+fn pipeline(batch_size: usize) -> Pipeline {
+    let mut p = Pipeline::load(&repo_root().join("pipelines/smoke.toml")).expect("smoke pipeline loads");
+    p.judge.judgements = 2;
+    p.judge.judge_max_new_tokens = 48;
+    p.generate.batch_size = batch_size;
+    p.validate().expect("overridden pipeline is valid");
+    p
+}
+
+fn sample(prompt_id: &str, sample_idx: u32, prompt: &str, response: &str) -> SampleRow {
+    SampleRow {
+        prompt_id: prompt_id.into(),
+        sample_idx,
+        prompt: prompt.into(),
+        response: response.into(),
+        token_ids: vec![1, 2, 3],
+        prompt_tokens: 2,
+        response_tokens: 1,
+        finish_reason: "stop".into(),
+        seed: 0,
+    }
+}
+
+/// 2 prompts x 2 samples (one good, one poor answer each).
+fn samples_rows() -> Vec<SampleRow> {
+    vec![
+        sample("capital", 0, "What is the capital of France?", "The capital of France is Paris."),
+        sample("capital", 1, "What is the capital of France?", "I like turtles."),
+        sample("sum", 0, "What is 12 + 7?", "12 + 7 = 19. Answer: 19"),
+        sample("sum", 1, "What is 12 + 7?", "Numbers are hard. Answer: 21"),
+    ]
+}
+
+/// A synthetic `generate` artifact holding `rows`.
+fn samples_artifact_of(ctx: &Ctx, rows: Vec<SampleRow>) -> String {
+    let spec = ArtifactSpec {
+        stage: "generate".into(),
+        schema_version: 1,
+        params: json!({"synthetic": "llm_judge test", "rows": rows.len()}),
+        inputs: vec![],
+    };
+    let a = ctx
+        .produce(spec, |dir| {
+            let n = write_table(&dir.join("samples.parquet"), &rows)?;
+            Ok(ProduceOutput::default().with_rows("samples.parquet", n))
+        })
+        .unwrap();
+    a.dir.to_string_lossy().into_owned()
+}
+
+#[test]
+fn llm_judge_mode_on_the_default_model() {
+    let model = default_model();
+    let p = pipeline(8);
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = Ctx::new(tmp.path(), true).unwrap();
+    let samples = samples_artifact_of(&ctx, samples_rows());
+
+    let t0 = std::time::Instant::now();
+    let a = judge::run(&ctx, &p, &samples, JudgeMode::LlmJudge, &model, None).unwrap();
+    eprintln!("llm-judge took {:.1}s", t0.elapsed().as_secs_f64());
+
+    // Both tables, with their row counts in the manifest.
+    let rewards: Vec<RewardRow> = read_table(&a.path("rewards.parquet").unwrap()).unwrap();
+    let judgements: Vec<JudgementRow> = read_table(&a.path("judgements.parquet").unwrap()).unwrap();
+    assert_eq!(rewards.len(), 4);
+    assert_eq!(judgements.len(), 8);
+    assert_eq!(a.manifest.stage, "judge");
+    assert_eq!(a.manifest.params["mode"], "llm-judge");
+    assert_eq!(a.manifest.params["judgements"], 2);
+
+    // Judgements: statuses consistent with scores, scores = parse_score(text), in range.
+    let mut by_sample: HashMap<(String, u32), Vec<&JudgementRow>> = HashMap::new();
+    for j in &judgements {
+        eprintln!(
+            "--- {} sample {} judgement {}: score {:?} ({})\n{}",
+            j.prompt_id, j.sample_idx, j.judgement_idx, j.score, j.status, j.text
+        );
+        assert_eq!(j.score, parse_score(&j.text));
+        match j.score {
+            Some(s) => {
+                assert_eq!(j.status, "ok");
+                assert!((0.0..=5.0).contains(&s));
+            }
+            None => assert_eq!(j.status, "no_score"),
+        }
+        by_sample.entry((j.prompt_id.clone(), j.sample_idx)).or_default().push(j);
+    }
+    assert_eq!(by_sample.len(), 4);
+
+    // Rewards: mean of the parsed scores, 0 with n_scored = 0 when none parses.
+    for r in &rewards {
+        let js = &by_sample[&(r.prompt_id.clone(), r.sample_idx)];
+        let mut idx: Vec<u32> = js.iter().map(|j| j.judgement_idx).collect();
+        idx.sort();
+        assert_eq!(idx, vec![0, 1]);
+        let parsed: Vec<f64> = js.iter().filter_map(|j| j.score).collect();
+        assert_eq!(r.mode, "llm-judge");
+        assert_eq!(r.s_ref, None);
+        assert_eq!(r.n_scored as usize, parsed.len());
+        let want = if parsed.is_empty() { 0.0 } else { parsed.iter().sum::<f64>() / parsed.len() as f64 };
+        assert!((r.reward - want).abs() < 1e-12, "{} {}: {} != {want}", r.prompt_id, r.sample_idx, r.reward);
+        assert_eq!(r.s_policy, r.reward);
+        assert!(r.reward.is_finite());
+    }
+
+    // Manifest statistics.
+    let extra = &a.manifest.extra;
+    for key in ["parse_failure_rate", "tie_rate", "judgements"] {
+        assert!(extra.get(key).is_some(), "manifest extra lacks {key}: {extra}");
+    }
+    let failures = judgements.iter().filter(|j| j.score.is_none()).count();
+    assert_eq!(extra["judgements"], 8);
+    assert!((extra["parse_failure_rate"].as_f64().unwrap() - failures as f64 / 8.0).abs() < 1e-12);
+    assert!((extra["tie_rate"].as_f64().unwrap() - judge::tie_rate(&rewards)).abs() < 1e-12);
+    eprintln!("extra: {extra}");
+
+    // Rerun: a cache hit (same artifact, not produced again).
+    let b = judge::run(&ctx, &p, &samples, JudgeMode::LlmJudge, &model, None).unwrap();
+    assert_eq!(a.dir, b.dir);
+    assert_eq!(a.manifest.created_at, b.manifest.created_at);
+    assert_eq!(ctx.store.list("judge").unwrap().len(), 1);
+
+    // Another batch size: the same key (a cache hit here). Computed afresh at batch size 1 in
+    // another store for one sample, its judgements equal those of the batched run (seeds depend
+    // on (run seed, prompt id, sample index, judgement index) only).
+    let p1 = pipeline(1);
+    let c = judge::run(&ctx, &p1, &samples, JudgeMode::LlmJudge, &model, None).unwrap();
+    assert_eq!(a.dir, c.dir);
+    let tmp2 = tempfile::tempdir().unwrap();
+    let ctx2 = Ctx::new(tmp2.path(), true).unwrap();
+    let one = samples_artifact_of(&ctx2, vec![samples_rows().swap_remove(2)]);
+    let d = judge::run(&ctx2, &p1, &one, JudgeMode::LlmJudge, &model, None).unwrap();
+    let alone: Vec<JudgementRow> = read_table(&d.path("judgements.parquet").unwrap()).unwrap();
+    let batched: Vec<JudgementRow> =
+        judgements.iter().filter(|j| j.prompt_id == "sum" && j.sample_idx == 0).cloned().collect();
+    assert_eq!(alone, batched, "judgements depend on the batch size");
+}
+
+#[test]
+fn llm_judge_config_defaults_and_validation() {
+    let p = pipeline(8);
+    let d = cream_stages::config::JudgeSection::default();
+    assert_eq!((d.judgements, d.judge_temperature, d.judge_top_p, d.judge_max_new_tokens), (3, 0.7, 0.95, 256));
+    // smoke.toml's [judge] has only batch_tokens: the serde defaults fill the rest.
+    assert_eq!(p.judge.judge_temperature, 0.7);
+    for bad in [
+        |p: &mut Pipeline| p.judge.judgements = 0,
+        |p: &mut Pipeline| p.judge.judge_temperature = -0.1,
+        |p: &mut Pipeline| p.judge.judge_top_p = 0.0,
+        |p: &mut Pipeline| p.judge.judge_top_p = 1.5,
+        |p: &mut Pipeline| p.judge.judge_max_new_tokens = 0,
+    ] {
+        let mut q = p.clone();
+        bad(&mut q);
+        let err = q.validate().unwrap_err().to_string();
+        assert!(err.contains("[judge]"), "{err}");
+    }
+    assert_eq!(JudgeMode::parse("llm-judge").unwrap(), JudgeMode::LlmJudge);
+    assert_eq!(JudgeMode::LlmJudge.as_str(), "llm-judge");
+}
