@@ -70,3 +70,27 @@ impl Stage {
 pub fn emit(artifact: &cream_core::Artifact) {
     println!("{}", artifact.dir.display());
 }
+
+/// Flags of stages whose work is per prompt and can run as a job array across machines: each
+/// array task runs one `--shard K/N`, then one `--merge` of the N shard artifacts publishes the
+/// artifact an unsharded run would have produced (same id, same bytes), so later stages are
+/// cache hits either way. Shard and merge runs need the same --config, inputs and a store on
+/// shared storage (--artifacts / CREAM_ARTIFACTS).
+#[derive(Debug, Clone, Args)]
+pub struct Sharding {
+    /// Do only shard K of N of the per-prompt work (0 <= K < N): the prompts at positions p with
+    /// p % N == K. Publishes a shard artifact (parameters + "shard": "K/N") to pass to --merge.
+    #[arg(long, value_name = "K/N", default_value = "0/1", conflicts_with = "merge")]
+    pub shard: cream_stages::shard::Shard,
+    /// Merge these shard artifacts (paths or <stage>/<id>; all shards 0..N of one --shard K/N
+    /// run, same config and inputs) into the unsharded artifact instead of computing it.
+    #[arg(long, value_name = "ARTIFACT", num_args = 1..)]
+    pub merge: Vec<String>,
+}
+
+impl Sharding {
+    /// The `--merge` artifacts as string slices.
+    pub fn merge_paths(&self) -> Vec<&str> {
+        self.merge.iter().map(String::as_str).collect()
+    }
+}

@@ -1,14 +1,16 @@
 //! The `generate` stage (spec step 1): N samples per prompt of this iteration's prompt subset.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Result, ensure};
-use cream_core::{Artifact, ArtifactSpec, ProduceOutput, PromptRow, SampleRow, read_table, write_table};
+use anyhow::{Result, bail, ensure};
+use cream_core::{Artifact, ArtifactSpec, InputRef, ProduceOutput, PromptRow, SampleRow, read_table, write_table};
 use cream_lm::{GenRequest, SamplingParams};
 use serde_json::json;
 
 use crate::config::Pipeline;
 use crate::ctx::{Ctx, params};
+use crate::shard::{self, Shard};
 
 pub const STAGE: &str = "generate";
 
@@ -18,9 +20,9 @@ pub fn iteration_prompts(pool: Vec<PromptRow>, t: usize, iterations: usize) -> R
     Ok(cream_algo::split_evenly(pool, iterations).swap_remove(t - 1))
 }
 
-pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usize) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
-    let (model_in, model_path) = ctx.model_input("model", model)?;
+/// The spec of iteration `iteration`'s `generate` artifact from `prompts` and the model input
+/// `model` (shard `shard`; [`Shard::ALL`] is the unsharded spec).
+pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, iteration: usize, shard: Shard) -> Result<ArtifactSpec> {
     let spec = ArtifactSpec {
         stage: STAGE.into(),
         schema_version: 1,
@@ -30,14 +32,39 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
             "iteration": iteration,
             "iterations": p.iterations,
         }),
-        inputs: vec![prompts.as_input("prompts"), model_in],
+        inputs: vec![prompts.as_input("prompts"), model],
     };
+    shard.spec(&spec)
+}
+
+/// Statistics of the manifest `extra` that a merge sums over the shards.
+const SUMMED_EXTRA: [&str; 3] = ["prompts", "truncated_prompts", "new_tokens"];
+
+/// Sample `[generate] n` responses for each prompt of iteration `iteration`'s prompt subset, or,
+/// for a shard `k/n`, for the prompts at positions `p` of that subset with `p % n == k` (their
+/// rows are the unsharded run's rows for those prompts; merge the shards with [`merge`]).
+pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usize, shard: Shard) -> Result<Artifact> {
+    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let (model_in, model_path) = ctx.model_input("model", model)?;
+    let spec = spec(p, &prompts, model_in, iteration, shard)?;
     let g = p.generate.clone();
     let seed = p.seed;
     ctx.produce(spec, |dir| {
         let pool: Vec<PromptRow> = read_table(&prompts.path("pool.parquet")?)?;
         let rows = iteration_prompts(pool, iteration, p.iterations)?;
         ensure!(!rows.is_empty(), "iteration {iteration} has no prompts; enlarge the prompt pool");
+        let rows: Vec<PromptRow> =
+            rows.into_iter().enumerate().filter(|(pos, _)| shard.keeps(*pos)).map(|(_, r)| r).collect();
+        if rows.is_empty() {
+            // More shards than prompts: this shard has nothing to do.
+            ctx.log(format!("generate: shard {shard} has no prompts"));
+            let n = write_table::<SampleRow>(&dir.join("samples.parquet"), &[])?;
+            return Ok(ProduceOutput {
+                extra: json!({"prompts": 0, "truncated_prompts": 0, "new_tokens": 0}),
+                ..Default::default()
+            }
+            .with_rows("samples.parquet", n));
+        }
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
         let mut reqs = Vec::with_capacity(rows.len() * g.n);
         let mut truncated = 0usize;
@@ -85,5 +112,58 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
             ..Default::default()
         }
         .with_rows("samples.parquet", n))
+    })
+}
+
+/// Merge the shard artifacts `shards` of a `--shard K/N` generate run into the unsharded artifact
+/// of (`p`, `prompts`, `model`, `iteration`): the same id and the same `samples.parquet` bytes
+/// as [`run`] with [`Shard::ALL`] (a cache hit if that artifact exists). The shards must be
+/// exactly `0..n` of one `n`, each of the same config and inputs; every prompt of the iteration
+/// must have its `[generate] n` samples in the shard that owns it. The manifest `extra` records
+/// the shard ids as `merged_from`.
+pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usize, shards: &[&str]) -> Result<Artifact> {
+    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let (model_in, _) = ctx.model_input("model", model)?;
+    let spec = spec(p, &prompts, model_in, iteration, Shard::ALL)?;
+    let shards = shard::open_shards(ctx, &spec, shards)?;
+    let n = p.generate.n;
+    ctx.produce(spec, |dir| {
+        let pool: Vec<PromptRow> = read_table(&prompts.path("pool.parquet")?)?;
+        let rows = iteration_prompts(pool, iteration, p.iterations)?;
+        let position: HashMap<&str, usize> = rows.iter().enumerate().map(|(i, r)| (r.prompt_id.as_str(), i)).collect();
+        // slots[position * n + sample_idx]: the unsharded row order.
+        let mut slots: Vec<Option<SampleRow>> = vec![None; rows.len() * n];
+        for (s, a) in &shards {
+            let file = a.path("samples.parquet")?;
+            for row in read_table::<SampleRow>(&file)? {
+                let what = || format!("{}: prompt {} sample {}", file.display(), row.prompt_id, row.sample_idx);
+                let Some(&pos) = position.get(row.prompt_id.as_str()) else {
+                    bail!("{}: not a prompt of iteration {iteration}", what());
+                };
+                ensure!(s.keeps(pos), "{}: prompt position {pos} does not belong to shard {s}", what());
+                ensure!((row.sample_idx as usize) < n, "{}: sample index is not below [generate] n = {n}", what());
+                let slot = &mut slots[pos * n + row.sample_idx as usize];
+                ensure!(slot.is_none(), "{}: appears twice", what());
+                *slot = Some(row);
+            }
+        }
+        let samples = slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                row.ok_or_else(|| {
+                    let owner = shards.iter().find(|(s, _)| s.keeps(i / n)).map(|(_, a)| a.dir.display().to_string());
+                    anyhow::anyhow!(
+                        "shard artifact {} lacks prompt {} sample {}",
+                        owner.unwrap_or_default(),
+                        rows[i / n].prompt_id,
+                        i % n
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let count = write_table(&dir.join("samples.parquet"), &samples)?;
+        Ok(ProduceOutput { extra: shard::merged_extra(&shards, &SUMMED_EXTRA), ..Default::default() }
+            .with_rows("samples.parquet", count))
     })
 }

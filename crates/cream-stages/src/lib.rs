@@ -14,4 +14,5 @@ pub mod pair;
 pub mod prepare;
 pub mod progress;
 pub mod report;
+pub mod shard;
 pub mod train;

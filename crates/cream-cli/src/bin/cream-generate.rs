@@ -4,9 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use cream_cli::flags::{Stage, emit};
+use cream_cli::flags::{Sharding, Stage, emit};
 
 /// Sample [generate].n responses for each prompt of iteration `--iteration`'s prompt subset.
+///
+/// On many machines: run `--shard K/N` as task K of an N-task job array (each publishes the
+/// samples of its prompts), then `--merge <the N shard artifacts>` with the same other flags; the
+/// merged artifact is exactly the one an unsharded run produces.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -20,12 +24,19 @@ struct Cli {
     #[arg(long)]
     iteration: usize,
     #[command(flatten)]
+    sharding: Sharding,
+    #[command(flatten)]
     stage: Stage,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (p, ctx) = cli.stage.init()?;
-    emit(&cream_stages::generate::run(&ctx, &p, &cli.prompts, &cli.model, cli.iteration)?);
+    let a = if cli.sharding.merge.is_empty() {
+        cream_stages::generate::run(&ctx, &p, &cli.prompts, &cli.model, cli.iteration, cli.sharding.shard)?
+    } else {
+        cream_stages::generate::merge(&ctx, &p, &cli.prompts, &cli.model, cli.iteration, &cli.sharding.merge_paths())?
+    };
+    emit(&a);
     Ok(())
 }
