@@ -211,3 +211,15 @@ fn cell(v: &AnyValue) -> String {
         other => other.to_string(),
     }
 }
+
+/// The published report table (`report.parquet` of a `report` artifact) formatted by polars.
+/// (Which columns polars shows is set by its `POLARS_FMT_*` environment variables.)
+pub fn render(report: &Artifact) -> Result<String> {
+    use polars::prelude::SerReader as _;
+    let path = report.path("report.parquet")?;
+    let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let df = polars::prelude::ParquetReader::new(file)
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: cannot read it with polars: {e}", path.display()))?;
+    Ok(format!("{df}"))
+}

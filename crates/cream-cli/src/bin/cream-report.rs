@@ -1,6 +1,6 @@
 //! `cream-report`: one table per pipeline run, one row per model M_i (M0, M1 = SFT, then one per
 //! CREAM iteration): C mean/std, tau, tie rate, pairs, chosen/rejected lengths, reward accuracy,
-//! train loss, eval accuracy. Printed, and published as a `report` artifact
+//! train loss, eval accuracy. Printed with polars, and published as a `report` artifact
 //! (report.parquet + report.md).
 
 use std::collections::BTreeMap;
@@ -34,6 +34,13 @@ fn parse(s: &str) -> Result<BTreeMap<String, String>> {
 }
 
 fn main() -> Result<()> {
+    // Show every column and row of the report table (polars reads these when printing).
+    // SAFETY: set before any other thread exists.
+    unsafe {
+        std::env::set_var("POLARS_FMT_MAX_COLS", "-1");
+        std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
+        std::env::set_var("POLARS_TABLE_WIDTH", "250");
+    }
     let cli = Cli::parse();
     let (p, ctx) = cli.stage.init()?;
     let mut rows: BTreeMap<usize, IterationRecord> = BTreeMap::new();
@@ -69,7 +76,7 @@ fn main() -> Result<()> {
         cream_stages::report::write(&df, dir)?;
         Ok(ProduceOutput::default().with_rows("report.parquet", df.height() as u64))
     })?;
-    print!("{}", std::fs::read_to_string(a.path("report.md")?)?);
+    println!("{}", cream_stages::report::render(&a)?);
     emit(&a);
     Ok(())
 }
