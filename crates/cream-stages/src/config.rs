@@ -43,12 +43,13 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// GSM8K-format JSONL ({"question", "answer"}): unlabeled prompts (answers dropped) and SFT
+    /// GSM8K-format JSONL or Parquet ({"question", "answer"}): unlabeled prompts (answers dropped) and SFT
     /// seed pairs.
     pub gsm8k_train: PathBuf,
-    /// GSM8K-format JSONL used for evaluation.
+    /// GSM8K-format JSONL or Parquet used for evaluation.
     pub gsm8k_test: PathBuf,
-    /// Social IQa as shipped in the evals package ({"input": [{"role", "content"}], "ideal"}).
+    /// Social IQa as shipped in the evals package ({"input": [{"role", "content"}], "ideal"}), or
+    /// Parquet with flat `question` (or `prompt`) and `ideal` string columns.
     pub socialiqa: PathBuf,
     /// Fraction of Social IQa rows held out for evaluation (deterministic hash split).
     #[serde(default = "half")]

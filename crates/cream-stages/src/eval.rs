@@ -7,18 +7,22 @@
 //! `answer:`; the reference code's last-standalone-letter fallback only with
 //! `[eval] compat_last_letter`. Accuracy is reported per task in percent, with the unweighted mean
 //! over tasks, in the manifest's `extra`.
+//!
+//! Like `generate`, eval can run as shard `k/n` ([`run_shard`]: the eval rows at positions `p`
+//! with `p % n == k`) and the shards be merged ([`merge`]) into the unsharded artifact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use cream_algo::{extract_choice, extract_number, normalize_number, numbers_equal};
-use cream_core::{Artifact, ArtifactSpec, EvalRow, ProduceOutput, PromptRow, read_table, write_table};
+use cream_core::{Artifact, ArtifactSpec, EvalRow, InputRef, ProduceOutput, PromptRow, read_table, write_table};
 use cream_lm::{GenRequest, SamplingParams};
 use serde_json::json;
 
 use crate::config::Pipeline;
 use crate::ctx::{Ctx, params};
+use crate::shard::{self, Shard};
 
 pub const STAGE: &str = "eval";
 
@@ -82,33 +86,62 @@ fn summarize(rows: &[EvalRow]) -> serde_json::Value {
     })
 }
 
-/// Evaluate `model` on the `eval.parquet` of the `prepare` artifact `prompts`.
-pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
-    let (model_in, model_path) = ctx.model_input("model", model)?;
-    let max_prompt_tokens = p.generate.max_prompt_tokens;
+/// The spec of the `eval` artifact of `model` (the input `model`) on `prompts` (shard `shard`;
+/// [`Shard::ALL`] is the unsharded spec).
+pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, shard: Shard) -> Result<ArtifactSpec> {
     let spec = ArtifactSpec {
         stage: STAGE.into(),
         schema_version: 1,
-        params: json!({"eval": params(&p.eval)?, "max_prompt_tokens": max_prompt_tokens}),
-        inputs: vec![prompts.as_input("prompts"), model_in],
+        params: json!({"eval": params(&p.eval)?, "max_prompt_tokens": p.generate.max_prompt_tokens}),
+        inputs: vec![prompts.as_input("prompts"), model],
     };
+    shard.spec(&spec)
+}
+
+/// Statistics of the manifest `extra` that a merge sums over the shards (the accuracy statistics
+/// are recomputed from the merged rows).
+const SUMMED_EXTRA: [&str; 1] = ["truncated_prompts"];
+
+/// The eval rows of `prompts` and their gold answers, checked before any generation.
+fn eval_rows(prompts: &Artifact) -> Result<Vec<PromptRow>> {
+    let rows: Vec<PromptRow> = read_table(&prompts.path("eval.parquet")?)?;
+    ensure!(!rows.is_empty(), "eval.parquet of {} has no rows", prompts.dir.display());
+    for r in &rows {
+        let gold = r
+            .answer
+            .as_deref()
+            .with_context(|| format!("eval.parquet: prompt {} ({}) has no gold answer", r.prompt_id, r.task))?;
+        grade(&r.task, "", gold, false).with_context(|| format!("eval.parquet: prompt {}", r.prompt_id))?;
+    }
+    Ok(rows)
+}
+
+/// Evaluate `model` on the `eval.parquet` of the `prepare` artifact `prompts`.
+pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artifact> {
+    run_shard(ctx, p, prompts, model, Shard::ALL)
+}
+
+/// [`run`] for shard `shard`: evaluates only the eval rows at positions `p` with
+/// `p % n == k` (their rows are the unsharded run's rows; merge the shards with [`merge`]).
+/// [`Shard::ALL`] is [`run`].
+pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Shard) -> Result<Artifact> {
+    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let (model_in, model_path) = ctx.model_input("model", model)?;
+    let max_prompt_tokens = p.generate.max_prompt_tokens;
+    let spec = spec(p, &prompts, model_in, shard)?;
     let e = p.eval.clone();
     ctx.produce(spec, |dir| {
-        let rows: Vec<PromptRow> = read_table(&prompts.path("eval.parquet")?)?;
-        ensure!(!rows.is_empty(), "eval.parquet of {} has no rows", prompts.dir.display());
-        // Check tasks and gold answers before spending time on generation.
-        let golds = rows
-            .iter()
-            .map(|r| {
-                let gold = r.answer.as_deref().with_context(|| {
-                    format!("eval.parquet: prompt {} ({}) has no gold answer", r.prompt_id, r.task)
-                })?;
-                grade(&r.task, "", gold, false)
-                    .with_context(|| format!("eval.parquet: prompt {}", r.prompt_id))?;
-                Ok(gold)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<PromptRow> =
+            eval_rows(&prompts)?.into_iter().enumerate().filter(|(pos, _)| shard.keeps(*pos)).map(|(_, r)| r).collect();
+        if rows.is_empty() {
+            // More shards than eval rows: this shard has nothing to do.
+            ctx.log(format!("eval: shard {shard} has no rows"));
+            let n = write_table::<EvalRow>(&dir.join("eval.parquet"), &[])?;
+            let mut extra = summarize(&[]);
+            extra["truncated_prompts"] = json!(0);
+            return Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n));
+        }
+        let golds: Vec<&str> = rows.iter().map(|r| r.answer.as_deref().unwrap_or_default()).collect();
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
         let mut reqs = Vec::with_capacity(rows.len());
         let mut truncated = 0usize;
@@ -145,6 +178,65 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
         let n = write_table(&dir.join("eval.parquet"), &evals)?;
         let mut extra = summarize(&evals);
         extra["truncated_prompts"] = json!(truncated);
+        for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
+            ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
+        }
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n))
+    })
+}
+
+/// Merge the shard artifacts `shards` of a `--shard K/N` eval run into the unsharded artifact of
+/// (`p`, `prompts`, `model`): the same id and the same `eval.parquet` bytes as [`run`] (a cache
+/// hit if that artifact exists). The shards must be exactly `0..n` of one `n`, each of the same
+/// config and inputs; every eval row must be in the shard that owns it. The accuracy statistics
+/// of the manifest `extra` are recomputed from the merged rows (equal to the unsharded run's);
+/// `truncated_prompts` is summed and the shard ids are recorded as `merged_from`.
+pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&str]) -> Result<Artifact> {
+    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let (model_in, _) = ctx.model_input("model", model)?;
+    let spec = spec(p, &prompts, model_in, Shard::ALL)?;
+    let shards = shard::open_shards(ctx, &spec, shards)?;
+    ctx.produce(spec, |dir| {
+        let rows = eval_rows(&prompts)?;
+        let mut position: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            ensure!(
+                position.insert(r.prompt_id.as_str(), i).is_none(),
+                "eval.parquet of {}: prompt {} appears twice; cannot merge shards by prompt id",
+                prompts.dir.display(),
+                r.prompt_id
+            );
+        }
+        let mut slots: Vec<Option<EvalRow>> = vec![None; rows.len()];
+        for (s, a) in &shards {
+            let file = a.path("eval.parquet")?;
+            for row in read_table::<EvalRow>(&file)? {
+                let what = || format!("{}: prompt {}", file.display(), row.prompt_id);
+                let Some(&pos) = position.get(row.prompt_id.as_str()) else {
+                    bail!("{}: not an eval prompt of {}", what(), prompts.dir.display());
+                };
+                ensure!(s.keeps(pos), "{}: eval position {pos} does not belong to shard {s}", what());
+                let slot = &mut slots[pos];
+                ensure!(slot.is_none(), "{}: appears twice", what());
+                *slot = Some(row);
+            }
+        }
+        let evals = slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                row.ok_or_else(|| {
+                    let owner = shards.iter().find(|(s, _)| s.keeps(i)).map(|(_, a)| a.dir.display().to_string());
+                    anyhow::anyhow!("shard artifact {} lacks eval prompt {}", owner.unwrap_or_default(), rows[i].prompt_id)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n = write_table(&dir.join("eval.parquet"), &evals)?;
+        let mut extra = summarize(&evals);
+        let summed = shard::merged_extra(&shards, &SUMMED_EXTRA);
+        for (k, v) in summed.as_object().into_iter().flatten() {
+            extra[k.as_str()] = v.clone();
+        }
         for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
             ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
         }

@@ -7,12 +7,15 @@
 //! + the Social IQa rows not held out; eval = GSM8K test + held-out Social IQa rows (a
 //! deterministic hash split, so no question is both a prompt and an eval item); SFT = GSM8K train
 //! (question, worked solution) pairs not used as prompts.
+//!
+//! Data files are JSONL, or Parquet when the path ends in `.parquet` (see [`read_rows`]).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use cream_algo::{gsm8k_gold, hash_fraction, prompt_id};
 use cream_core::{Artifact, ArtifactSpec, InputRef, ProduceOutput, PromptRow, write_table};
+use polars::prelude::{DataType, ParquetReader, SerReader};
 use serde_json::{Value, json};
 
 use crate::config::DataSection;
@@ -22,7 +25,17 @@ pub const STAGE: &str = "prepare";
 /// Appended to evaluation questions (spec, "Evaluation").
 pub const EVAL_SUFFIX: &str = "\nAnswer the question by thinking step by step. At the end, output the final answer, starting with 'Answer:'.";
 
-fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
+/// The rows of the data file `path`, each with where it is (`line N` for JSONL, `row N`,
+/// 1-based, for Parquet) for error messages: JSONL, or Parquet when the path ends in `.parquet`.
+fn read_rows(path: &Path) -> Result<Vec<(String, Value)>> {
+    if is_parquet(path) { read_parquet(path) } else { read_jsonl(path) }
+}
+
+fn is_parquet(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<(String, Value)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!("{}: not valid UTF-8 at byte {}", path.display(), e.utf8_error().valid_up_to())
@@ -34,15 +47,39 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
         }
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))?;
-        rows.push((i + 1, v));
+        rows.push((format!("line {}", i + 1), v));
     }
     ensure!(!rows.is_empty(), "{}: no rows", path.display());
     Ok(rows)
 }
 
-fn field<'a>(v: &'a Value, path: &Path, line: usize, name: &str) -> Result<&'a str> {
+/// A Parquet data file as the JSON objects [`read_jsonl`] would give: each row an object of its
+/// String columns (a null is left out, so it reads as a missing field). Columns of other types
+/// are ignored.
+fn read_parquet(path: &Path) -> Result<Vec<(String, Value)>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let df = ParquetReader::new(file)
+        .finish()
+        .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+    let mut rows: Vec<serde_json::Map<String, Value>> = vec![serde_json::Map::new(); df.height()];
+    for col in df.columns() {
+        if col.dtype() != &DataType::String {
+            continue;
+        }
+        let values = col.str().with_context(|| format!("{}: column {:?}", path.display(), col.name().as_str()))?;
+        for (row, value) in rows.iter_mut().zip(values.iter()) {
+            if let Some(value) = value {
+                row.insert(col.name().to_string(), Value::String(value.to_string()));
+            }
+        }
+    }
+    ensure!(!rows.is_empty(), "{}: no rows", path.display());
+    Ok(rows.into_iter().enumerate().map(|(i, m)| (format!("row {}", i + 1), Value::Object(m))).collect())
+}
+
+fn field<'a>(v: &'a Value, path: &Path, at: &str, name: &str) -> Result<&'a str> {
     v[name].as_str().with_context(|| {
-        format!("{} line {line}: field `{name}` is missing or not a string", path.display())
+        format!("{} {at}: field `{name}` is missing or not a string", path.display())
     })
 }
 
@@ -54,30 +91,39 @@ struct Gsm8kRow {
 }
 
 fn gsm8k(path: &Path, source: &str) -> Result<Vec<Gsm8kRow>> {
-    read_jsonl(path)?
+    read_rows(path)?
         .into_iter()
-        .map(|(line, v)| {
-            let question = field(&v, path, line, "question")?.to_string();
-            let solution = field(&v, path, line, "answer")?.to_string();
-            let gold = gsm8k_gold(&solution)
-                .with_context(|| format!("{} line {line}: field `answer`", path.display()))?;
+        .map(|(at, v)| {
+            let question = field(&v, path, &at, "question")?.to_string();
+            let solution = field(&v, path, &at, "answer")?.to_string();
+            let gold =
+                gsm8k_gold(&solution).with_context(|| format!("{} {at}: field `answer`", path.display()))?;
             Ok(Gsm8kRow { id: prompt_id(source, &question), question, solution, gold })
         })
         .collect()
 }
 
 /// Social IQa rows as shipped by the evals package: `{"input": [{"role": "user", "content"}], "ideal"}`.
+/// A Parquet file may instead be flat: a String column `question` (or `prompt`) holding the user
+/// content, next to `ideal`.
 fn socialiqa(path: &Path) -> Result<Vec<(String, String, String)>> {
-    read_jsonl(path)?
+    let parquet = is_parquet(path);
+    read_rows(path)?
         .into_iter()
-        .map(|(line, v)| {
-            let content = v["input"]
-                .as_array()
-                .and_then(|msgs| msgs.iter().rev().find(|m| m["role"] == "user"))
-                .and_then(|m| m["content"].as_str())
-                .with_context(|| format!("{} line {line}: field `input` has no user message", path.display()))?
-                .to_string();
-            let ideal = field(&v, path, line, "ideal")?.trim().to_uppercase();
+        .map(|(at, v)| {
+            let content = if parquet {
+                ["question", "prompt"].iter().find_map(|k| v[*k].as_str()).with_context(|| {
+                    format!("{} {at}: field `question` (or `prompt`) is missing or not a string", path.display())
+                })?
+            } else {
+                v["input"]
+                    .as_array()
+                    .and_then(|msgs| msgs.iter().rev().find(|m| m["role"] == "user"))
+                    .and_then(|m| m["content"].as_str())
+                    .with_context(|| format!("{} {at}: field `input` has no user message", path.display()))?
+            }
+            .to_string();
+            let ideal = field(&v, path, &at, "ideal")?.trim().to_uppercase();
             Ok((prompt_id("socialiqa", &content), content, ideal))
         })
         .collect()

@@ -154,3 +154,72 @@ fn eval_stage_on_the_default_model() {
     // A fresh run would have been stamped again.
     assert_eq!(b.manifest.created_at, a.manifest.created_at);
 }
+
+#[test]
+fn sharded_eval_merges_into_the_unsharded_artifact() {
+    use cream_stages::shard::Shard;
+
+    let model = default_model();
+    let mut p = pipeline();
+    p.eval.max_new_tokens = 24;
+    let eval_rows = vec![
+        row("gsm8k-1", "gsm8k", format!("What is 2 + 3?{EVAL_SUFFIX}"), Some("5")),
+        row("gsm8k-2", "gsm8k", format!("What is 4 + 4?{EVAL_SUFFIX}"), Some("8")),
+        row(
+            "siqa-1",
+            "socialiqa",
+            format!("Why do people sleep? A: to rest; B: to run; C: to eat.{EVAL_SUFFIX}"),
+            Some("A"),
+        ),
+    ];
+    // The same synthetic `prepare` artifact in a store: A runs unsharded, B runs 2 shards + merge.
+    let prompts = |ctx: &Ctx| {
+        let spec = ArtifactSpec {
+            stage: "prepare".into(),
+            schema_version: 1,
+            params: json!({"synthetic": "eval_stage shard test"}),
+            inputs: vec![],
+        };
+        let a = ctx
+            .produce(spec, |dir| {
+                let ne = write_table(&dir.join("eval.parquet"), &eval_rows)?;
+                Ok(ProduceOutput::default().with_rows("eval.parquet", ne))
+            })
+            .unwrap();
+        a.dir.to_string_lossy().into_owned()
+    };
+    let (tmp_a, tmp_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Ctx::new(tmp_a.path(), true).unwrap(), Ctx::new(tmp_b.path(), true).unwrap());
+    let (prompts_a, prompts_b) = (prompts(&a), prompts(&b));
+
+    let whole = cream_stages::eval::run(&a, &p, &prompts_a, &model).unwrap();
+    let bytes = |art: &cream_core::Artifact| std::fs::read(art.path("eval.parquet").unwrap()).unwrap();
+
+    let shards: Vec<_> = (0..2)
+        .map(|k| {
+            let s = Shard::new(k, 2).unwrap();
+            let sh = cream_stages::eval::run_shard(&b, &p, &prompts_b, &model, s).unwrap();
+            assert_eq!(sh.manifest.params["shard"], s.to_string());
+            assert_ne!(sh.manifest.id, whole.manifest.id);
+            let rows: Vec<EvalRow> = read_table(&sh.path("eval.parquet").unwrap()).unwrap();
+            let want: Vec<&str> = eval_rows.iter().skip(k).step_by(2).map(|r| r.prompt_id.as_str()).collect();
+            assert_eq!(rows.iter().map(|r| r.prompt_id.as_str()).collect::<Vec<_>>(), want);
+            sh.dir.to_string_lossy().into_owned()
+        })
+        .collect();
+    let err = cream_stages::eval::merge(&b, &p, &prompts_b, &model, &[&shards[1]]).unwrap_err();
+    assert!(format!("{err:#}").contains("missing shard 0/2"), "{err:#}");
+    // Shards in any order.
+    let merged = cream_stages::eval::merge(&b, &p, &prompts_b, &model, &[&shards[1], &shards[0]]).unwrap();
+    assert_eq!(merged.manifest.id, whole.manifest.id, "merged eval artifact has the unsharded id");
+    assert_eq!(bytes(&merged), bytes(&whole), "eval.parquet differs");
+    assert_eq!(merged.manifest.files, whole.manifest.files);
+    assert_eq!(merged.manifest.files["eval.parquet"].rows, Some(3));
+    for key in ["accuracy", "accuracy_mean", "n", "unparsed", "truncated_prompts"] {
+        assert_eq!(merged.manifest.extra[key], whole.manifest.extra[key], "extra {key}");
+    }
+    assert_eq!(merged.manifest.extra["merged_from"].as_array().unwrap().len(), 2);
+    // The merged artifact is the unsharded one: an unsharded run in B is a cache hit.
+    let again = cream_stages::eval::run(&b, &p, &prompts_b, &model).unwrap();
+    assert_eq!((again.dir, again.manifest.created_at), (merged.dir, merged.manifest.created_at));
+}
