@@ -93,4 +93,13 @@ impl Sharding {
     pub fn merge_paths(&self) -> Vec<&str> {
         self.merge.iter().map(String::as_str).collect()
     }
+
+    /// Merge the `--merge` artifacts with `merge` when given, else compute `--shard` with `run`.
+    pub fn run_or_merge<T>(
+        &self,
+        run: impl FnOnce(cream_stages::shard::Shard) -> Result<T>,
+        merge: impl FnOnce(&[&str]) -> Result<T>,
+    ) -> Result<T> {
+        if self.merge.is_empty() { run(self.shard) } else { merge(&self.merge_paths()) }
+    }
 }

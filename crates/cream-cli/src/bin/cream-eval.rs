@@ -30,11 +30,10 @@ struct Cli {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (p, ctx) = cli.stage.init()?;
-    let a = if cli.sharding.merge.is_empty() {
-        cream_stages::eval::run_shard(&ctx, &p, &cli.prompts, &cli.model, cli.sharding.shard)?
-    } else {
-        cream_stages::eval::merge(&ctx, &p, &cli.prompts, &cli.model, &cli.sharding.merge_paths())?
-    };
+    let a = cli.sharding.run_or_merge(
+        |shard| cream_stages::eval::run_shard(&ctx, &p, &cli.prompts, &cli.model, shard),
+        |shards| cream_stages::eval::merge(&ctx, &p, &cli.prompts, &cli.model, shards),
+    )?;
     let scope = if cli.sharding.shard.is_all() { String::new() } else { format!(" (shard {})", cli.sharding.shard) };
     ctx.log(format!("eval: accuracy{scope} {}", a.manifest.extra["accuracy"]));
     emit(&a);

@@ -32,11 +32,10 @@ struct Cli {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (p, ctx) = cli.stage.init()?;
-    let a = if cli.sharding.merge.is_empty() {
-        cream_stages::generate::run(&ctx, &p, &cli.prompts, &cli.model, cli.iteration, cli.sharding.shard)?
-    } else {
-        cream_stages::generate::merge(&ctx, &p, &cli.prompts, &cli.model, cli.iteration, &cli.sharding.merge_paths())?
-    };
+    let a = cli.sharding.run_or_merge(
+        |shard| cream_stages::generate::run(&ctx, &p, &cli.prompts, &cli.model, cli.iteration, shard),
+        |shards| cream_stages::generate::merge(&ctx, &p, &cli.prompts, &cli.model, cli.iteration, shards),
+    )?;
     emit(&a);
     Ok(())
 }
