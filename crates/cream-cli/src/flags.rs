@@ -18,12 +18,9 @@ pub struct Common {
 }
 
 impl Common {
-    /// Apply the thread setting; call once at start-up.
+    /// Apply the thread setting (see [`cream_lm::configure_threads`]); call once at start-up.
     pub fn init(&self) -> Result<()> {
-        if let Some(n) = self.threads {
-            rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
-        }
-        Ok(())
+        cream_lm::configure_threads(self.threads)
     }
 }
 

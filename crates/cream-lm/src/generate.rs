@@ -8,7 +8,7 @@
 use anyhow::{Result, ensure};
 use candle_core::Tensor;
 
-use crate::model::{Attention, Mode, Model, attention_mask};
+use crate::model::{Attention, Frozen, Model, attention_mask};
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -151,9 +151,10 @@ pub fn generate(
     order.sort_by_key(|&i| requests[i].prompt_ids.len());
     let mut out: Vec<Option<GenOutput>> = vec![None; requests.len()];
     let mut done = 0;
+    let frozen = model.frozen()?;
     for chunk in order.chunks(batch_size) {
         let reqs: Vec<&GenRequest> = chunk.iter().map(|&i| &requests[i]).collect();
-        for (&i, o) in chunk.iter().zip(generate_batch(model, stop_ids, &reqs, params)?) {
+        for (&i, o) in chunk.iter().zip(generate_batch(&frozen, stop_ids, &reqs, params)?) {
             out[i] = Some(o);
             done += 1;
             on_finished(done);
@@ -163,11 +164,12 @@ pub fn generate(
 }
 
 fn generate_batch(
-    model: &Model,
+    frozen: &Frozen,
     stop_ids: &[u32],
     reqs: &[&GenRequest],
     params: &SamplingParams,
 ) -> Result<Vec<GenOutput>> {
+    let model = frozen.model();
     let dev = model.device();
     let b = reqs.len();
     let l = reqs.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
@@ -189,10 +191,10 @@ fn generate_batch(
     let mut positions = Tensor::from_vec(pos, (b, l), dev)?;
     let mut mask = Attention::Masked(attention_mask(&pads, 0, l, dev)?);
     for step in 0..params.max_new_tokens {
-        let h = model.forward_hidden(&input, &positions, &mask, Some(&mut cache), Mode::Infer)?;
+        let h = frozen.forward_hidden(&input, &positions, &mask, Some(&mut cache))?;
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
-        let logits = model.logits(&last, Mode::Infer)?.to_vec2::<f32>()?;
+        let logits = frozen.logits(&last)?.to_vec2::<f32>()?;
         let mut next = vec![0u32; b];
         for row in 0..b {
             if finished[row] {

@@ -7,7 +7,7 @@
 use anyhow::{Result, ensure};
 use candle_core::{D, DType, Tensor};
 
-use crate::model::{Attention, Mode, Model};
+use crate::model::{Attention, Frozen, Mode, Model};
 use crate::tokenizer::Conversation;
 
 /// Log-probs of one conversation's scored tokens (`ids[score_start..]`).
@@ -89,30 +89,58 @@ impl TokenBatch {
 
     fn hidden_rows(&self, model: &Model, mode: Mode) -> Result<Tensor> {
         let h = model.forward_hidden(&self.ids, &self.positions, &self.attn, None, mode)?;
+        self.pick_rows(&h)
+    }
+
+    /// The rows of `(B, T, hidden)` states that predict a scored token.
+    fn pick_rows(&self, h: &Tensor) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         Ok(h.reshape((b * t, d))?.index_select(&self.rows, 0)?)
     }
 }
 
 /// log p(target) for each hidden row, in chunks of rows; no graph is recorded.
-fn target_logprobs(model: &Model, rows: &Tensor, targets: &[u32], chunk: usize) -> Result<Vec<f64>> {
+fn target_logprobs(frozen: &Frozen, rows: &Tensor, targets: &[u32], chunk: usize) -> Result<Vec<f64>> {
     let n = rows.dim(0)?;
     let mut out = Vec::with_capacity(n);
-    let dev = model.device();
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
-        // The log-sum-exp runs in f64: a 50k-term f32 sum is biased enough to move a
-        // 300-token sum by ~1e-3.
-        let logits = model.logits(&rows.narrow(0, start, len)?, Mode::Infer)?.to_dtype(DType::F64)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
-        let idx = Tensor::from_slice(&targets[start..start + len], (len, 1), dev)?;
-        let lp = (logits.gather(&idx, D::Minus1)? - lse)?.flatten_all()?;
-        out.extend(lp.to_vec1::<f64>()?);
+        let logits = frozen.logits(&rows.narrow(0, start, len)?)?;
+        out.extend(logprobs_of_targets(&logits, &targets[start..start + len])?);
         start += len;
     }
     Ok(out)
+}
+
+/// `log_softmax(logits)[target]` per row of `(N, V)` logits. The log-sum-exp accumulates in
+/// f64: a 50k-term f32 sum is biased enough to move a 300-token sum by ~1e-3. On the CPU this
+/// is one fused pass per row over the logits, rows in parallel.
+pub fn logprobs_of_targets(logits: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
+    let (n, v) = logits.dims2()?;
+    ensure!(targets.len() == n, "{} targets for {n} rows of logits", targets.len());
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+        anyhow::bail!("target id {bad} is outside the vocabulary of {v}");
+    }
+    if !logits.device().is_cpu() {
+        let dev = logits.device();
+        let logits = logits.to_dtype(DType::F64)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
+        let idx = Tensor::from_slice(targets, (n, 1), dev)?;
+        return Ok((logits.gather(&idx, D::Minus1)? - lse)?.flatten_all()?.to_vec1::<f64>()?);
+    }
+    let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+    use rayon::prelude::*;
+    Ok(flat
+        .par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
+            f64::from(row[t as usize]) - f64::from(max) - sum.ln()
+        })
+        .collect())
 }
 
 /// Score conversations (any order, mixed lengths); results come back in input order.
@@ -120,6 +148,7 @@ pub fn score(model: &Model, convs: &[Conversation], opts: ScoreOptions) -> Resul
     let mut order: Vec<usize> = (0..convs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(convs[i].ids.len()));
     let mut out: Vec<Option<Scored>> = vec![None; convs.len()];
+    let frozen = model.frozen()?;
     let mut i = 0;
     while i < order.len() {
         // Longest first, so the first row fixes the padded width of the micro-batch.
@@ -128,8 +157,9 @@ pub fn score(model: &Model, convs: &[Conversation], opts: ScoreOptions) -> Resul
         let group: Vec<usize> = order[i..(i + rows).min(order.len())].to_vec();
         let batch_convs: Vec<&Conversation> = group.iter().map(|&g| &convs[g]).collect();
         let batch = TokenBatch::new(model, &batch_convs)?;
-        let hidden = batch.hidden_rows(model, Mode::Infer)?;
-        let lps = target_logprobs(model, &hidden, &batch.targets, opts.vocab_chunk_rows)?;
+        let h = frozen.forward_hidden(&batch.ids, &batch.positions, &batch.attn, None)?;
+        let hidden = batch.pick_rows(&h)?;
+        let lps = target_logprobs(&frozen, &hidden, &batch.targets, opts.vocab_chunk_rows)?;
         let mut offset = 0;
         for (&g, &n) in group.iter().zip(&batch.n_scored) {
             let token_logprobs = lps[offset..offset + n].to_vec();
@@ -147,11 +177,15 @@ pub fn score(model: &Model, convs: &[Conversation], opts: ScoreOptions) -> Resul
 pub fn sequence_logprob_sums(model: &Model, batch: &TokenBatch, mode: Mode) -> Result<Tensor> {
     let hidden = batch.hidden_rows(model, mode)?;
     let logits = model.logits(&hidden, mode)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let dev = model.device();
     let n = batch.targets.len();
-    let idx = Tensor::from_slice(&batch.targets, (n, 1), dev)?;
-    let picked = logp.gather(&idx, D::Minus1)?; // (N, 1)
+    let picked = if crate::fused::supported(&logits) {
+        crate::fused::target_logprobs(&logits, &batch.targets, mode == Mode::Train)?.reshape((n, 1))?
+    } else {
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let idx = Tensor::from_slice(&batch.targets, (n, 1), dev)?;
+        logp.gather(&idx, D::Minus1)? // (N, 1)
+    };
     // Segment sums: (B, N) 0/1 matrix times (N, 1).
     let b = batch.n_scored.len();
     let mut seg = vec![0f32; b * n];

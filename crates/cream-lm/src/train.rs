@@ -51,49 +51,102 @@ pub fn lr_at(cfg: &OptimConfig, step: usize, total: usize) -> f64 {
 
 /// AdamW (Loshchilov & Hutter) as in PyTorch: `p -= lr * wd * p`, then the Adam update with bias
 /// correction. One-dimensional parameters (norm weights, biases) get no weight decay.
+///
+/// On the CPU the moments live in plain vectors and each parameter is updated in one fused,
+/// parallel pass (reading p and g in place, one write of the new p); elsewhere the same rule
+/// runs as tensor ops.
 pub struct AdamW {
     cfg: OptimConfig,
     vars: Vec<(Var, bool)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    state: Vec<Moments>,
     t: usize,
+}
+
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Device { m: Tensor, v: Tensor },
 }
 
 impl AdamW {
     pub fn new(model: &Model, cfg: OptimConfig) -> Result<Self> {
         let vars: Vec<(Var, bool)> =
             model.named_vars().iter().map(|(_, v)| (v.clone(), v.as_tensor().rank() >= 2)).collect();
-        let zeros = |v: &Var| v.as_tensor().zeros_like();
-        Ok(AdamW {
-            m: vars.iter().map(|(v, _)| zeros(v)).collect::<candle_core::Result<_>>()?,
-            v: vars.iter().map(|(v, _)| zeros(v)).collect::<candle_core::Result<_>>()?,
-            vars,
-            cfg,
-            t: 0,
-        })
+        let state = vars
+            .iter()
+            .map(|(v, _)| {
+                let t = v.as_tensor();
+                Ok(if crate::fused::supported(t) {
+                    Moments::Host { m: vec![0.0; t.elem_count()], v: vec![0.0; t.elem_count()] }
+                } else {
+                    Moments::Device { m: t.zeros_like()?, v: t.zeros_like()? }
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(AdamW { vars, state, cfg, t: 0 })
     }
 
     /// Apply one update with gradients in the order of `Model::named_vars`.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         ensure!(grads.len() == self.vars.len(), "one gradient per parameter expected");
         self.t += 1;
-        let c = &self.cfg;
+        let c = self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
-        for (i, ((var, decay), g)) in self.vars.iter().zip(grads).enumerate() {
-            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let mut p = var.as_tensor().clone();
-            if *decay && c.weight_decay > 0.0 {
-                p = (&p * (1.0 - lr * c.weight_decay))?;
+        for (((var, decay), g), state) in self.vars.iter().zip(grads).zip(&mut self.state) {
+            let keep = if *decay && c.weight_decay > 0.0 { 1.0 - lr * c.weight_decay } else { 1.0 };
+            match state {
+                Moments::Host { m, v } => {
+                    let t = var.as_tensor();
+                    let mut p = t.flatten_all()?.to_vec1::<f32>()?;
+                    let g = g.flatten_all()?.to_vec1::<f32>()?;
+                    ensure!(g.len() == p.len(), "gradient of {} values for a parameter of {}", g.len(), p.len());
+                    use rayon::prelude::*;
+                    const CHUNK: usize = 1 << 14;
+                    p.par_chunks_mut(CHUNK)
+                        .zip(g.par_chunks(CHUNK))
+                        .zip(m.par_chunks_mut(CHUNK))
+                        .zip(v.par_chunks_mut(CHUNK))
+                        .for_each(|(((p, g), m), v)| {
+                            for i in 0..p.len() {
+                                let gi = f64::from(g[i]);
+                                let mi = c.beta1 * f64::from(m[i]) + (1.0 - c.beta1) * gi;
+                                let vi = c.beta2 * f64::from(v[i]) + (1.0 - c.beta2) * gi * gi;
+                                m[i] = mi as f32;
+                                v[i] = vi as f32;
+                                let update = (mi / bc1) / ((vi / bc2).sqrt() + c.eps);
+                                p[i] = (f64::from(p[i]) * keep - lr * update) as f32;
+                            }
+                        });
+                    var.set(&Tensor::from_vec(p, t.shape(), t.device())?)?;
+                }
+                Moments::Device { m, v } => {
+                    *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let p = (var.as_tensor() * keep)?;
+                    let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
+                    var.set(&(p - (update * lr)?)?)?;
+                }
             }
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            var.set(&(p - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
         }
         Ok(())
     }
+}
+
+/// Sum of squares of a tensor's values, in f64; on the CPU without copying it.
+fn sum_sq(t: &Tensor) -> Result<f64> {
+    if crate::fused::supported(t) {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            use rayon::prelude::*;
+            return Ok(data[a..b]
+                .par_chunks(1 << 14)
+                .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+                .sum());
+        }
+    }
+    Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?)
 }
 
 /// Sums per-parameter gradients over micro-batches.
@@ -134,7 +187,7 @@ impl GradAccumulator {
             .collect::<candle_core::Result<_>>()?;
         let mut sq = 0f64;
         for g in &grads {
-            sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            sq += sum_sq(g)?;
         }
         let norm = sq.sqrt();
         ensure!(norm.is_finite(), "gradient norm is {norm}: training diverged");
