@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod generate;
+pub mod golden;
 pub mod load;
 pub mod model;
 pub mod rng;

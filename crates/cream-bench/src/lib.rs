@@ -1,0 +1,18 @@
+//! cream-bench: the workloads of `just bench` (batched generation, teacher-forced scoring, one
+//! DPO step), measured with wall clock and process CPU time, plus hardware probes, the export
+//! of the model to Hugging Face layout for the PyTorch baseline and the golden-vector check.
+//! `bench/run.py` runs the binary and `bench/baseline.py` side by side; see bench/README.md.
+
+pub mod inputs;
+pub mod measure;
+pub mod probe;
+pub mod shapes;
+pub mod workloads;
+
+/// A short name of the device, for the records.
+pub fn device_name(device: &candle_core::Device) -> String {
+    match device {
+        candle_core::Device::Cpu => "cpu".into(),
+        d => format!("{:?}", d.location()).to_lowercase().replace(' ', ""),
+    }
+}
