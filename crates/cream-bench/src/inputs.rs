@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use cream_lm::rng::SplitMix64;
-use cream_lm::{Conversation, LoadedModel, ModelConfig, ScoreOptions};
+use cream_lm::{ChatTokenizer, Conversation, LoadedModel, ModelConfig, ScoreOptions};
 use serde::{Deserialize, Serialize};
 
 /// Generation: prompts rendered with the chat template and the generation header.
@@ -114,10 +114,54 @@ fn in_range(n: usize, (lo, hi): (usize, usize)) -> bool {
     (lo..=hi).contains(&n)
 }
 
+/// The token ids picked from GSM8K, before the DPO reference log-probs are computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub prompts: Vec<Vec<u32>>,
+    pub score: Vec<Seq>,
+    /// (chosen, rejected) of each DPO pair.
+    pub dpo: Vec<(Conversation, Conversation)>,
+}
+
 /// Build the inputs from GSM8K (`dir/test.jsonl`, `dir/train.jsonl`) with the model's tokenizer;
 /// the DPO reference log-probs are the model's own scores of each side.
 pub fn build(lm: &LoadedModel, gsm8k_dir: &Path) -> Result<Inputs> {
-    let tok = &lm.tokenizer;
+    let Selection { prompts, score, dpo: sides } = select(&lm.tokenizer, gsm8k_dir)?;
+    let all: Vec<Conversation> = sides.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+    let refs = cream_lm::score(&lm.model, &all, ScoreOptions::default())?;
+    let pairs = sides
+        .into_iter()
+        .enumerate()
+        .map(|(k, (c, r))| DpoPair {
+            chosen: c.into(),
+            rejected: r.into(),
+            ref_chosen: refs[2 * k].sum,
+            ref_rejected: refs[2 * k + 1].sum,
+            c: DPO_C[k],
+        })
+        .collect();
+
+    let stop_ids = lm.tokenizer.stop_ids().to_vec();
+    let cfg = &lm.model.cfg;
+    Ok(Inputs {
+        source: lm.path.display().to_string(),
+        vocab_size: cfg.vocab_size,
+        generation: GenInputs {
+            prompts,
+            temperature: 0.8,
+            top_p: 0.95,
+            max_new_tokens: 128,
+            pad_id: cfg.pad_token_id.unwrap_or(stop_ids[0]),
+            stop_ids,
+        },
+        score,
+        score_batch_tokens: ScoreOptions::default().max_batch_tokens,
+        dpo: DpoInputs { pairs, beta: DPO_BETA, lr: DPO_LR, max_grad_norm: 1.0 },
+    })
+}
+
+/// Pick the workloads' sequences from GSM8K with `tok` (deterministic: file order).
+pub fn select(tok: &ChatTokenizer, gsm8k_dir: &Path) -> Result<Selection> {
     let test = read_gsm8k(&gsm8k_dir.join("test.jsonl"))?;
     let train = read_gsm8k(&gsm8k_dir.join("train.jsonl"))?;
     ensure!(test.len() >= GEN_PROMPTS, "GSM8K test has {} questions, need {GEN_PROMPTS}", test.len());
@@ -183,38 +227,9 @@ pub fn build(lm: &LoadedModel, gsm8k_dir: &Path) -> Result<Inputs> {
         i += 1;
     }
     ensure!(sides.len() == DPO_PAIRS, "found only {} DPO pairs of {DPO_LEN:?} tokens", sides.len());
-    let all: Vec<Conversation> = sides.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
-    let refs = cream_lm::score(&lm.model, &all, ScoreOptions::default())?;
-    let pairs = sides
-        .into_iter()
-        .enumerate()
-        .map(|(k, (c, r))| DpoPair {
-            chosen: c.into(),
-            rejected: r.into(),
-            ref_chosen: refs[2 * k].sum,
-            ref_rejected: refs[2 * k + 1].sum,
-            c: DPO_C[k],
-        })
-        .collect();
-
-    let stop_ids = tok.stop_ids().to_vec();
-    let cfg = &lm.model.cfg;
-    Ok(Inputs {
-        source: lm.path.display().to_string(),
-        vocab_size: cfg.vocab_size,
-        generation: GenInputs {
-            prompts,
-            temperature: 0.8,
-            top_p: 0.95,
-            max_new_tokens: 128,
-            pad_id: cfg.pad_token_id.unwrap_or(stop_ids[0]),
-            stop_ids,
-        },
-        score,
-        score_batch_tokens: ScoreOptions::default().max_batch_tokens,
-        dpo: DpoInputs { pairs, beta: DPO_BETA, lr: DPO_LR, max_grad_norm: 1.0 },
-    })
+    Ok(Selection { prompts, score, dpo: sides })
 }
+
 
 /// Inputs for a random model of the given shape: uniformly random token ids (never a stop id)
 /// with the same lengths as the GSM8K workloads use (prompts 80-160 tokens, scoring sequences
