@@ -249,13 +249,19 @@ class Workloads:
         sync(torch, self.device)
 
 
-def cmd_run(args):
+def prepare(args):
+    """torch, the device, inputs.json and the model (in eval mode)."""
     torch = setup_torch(args)
     device = torch.device(args.device)
     with open(args.inputs) as f:
         inputs = json.load(f)
     model, model_name = load_model(torch, args, device)
     model.eval()
+    return torch, device, inputs, model, model_name
+
+
+def cmd_run(args):
+    torch, device, inputs, model, model_name = prepare(args)
     if not args.model:
         # A random model has no generation config of its own.
         model.generation_config.pad_token_id = inputs["gen"]["pad_id"]
@@ -349,12 +355,7 @@ def cmd_probe(args):
 def cmd_check(args):
     """The exported directory loads with transformers and gives cream's numbers: the DPO
     reference sums in inputs.json (computed by cream) and, with --golden, the golden log-probs."""
-    torch = setup_torch(args)
-    device = torch.device(args.device)
-    with open(args.inputs) as f:
-        inputs = json.load(f)
-    model, _ = load_model(torch, args, device)
-    model.eval()
+    torch, device, inputs, model, _ = prepare(args)
     w = Workloads(torch, model, inputs, device)
     seqs, want = [], []
     for p in inputs["dpo"]["pairs"]:
@@ -395,6 +396,8 @@ def main(argv=None):
     if args.cmd == "probe":
         cmd_probe(args)
         return 0
+    if not args.model:
+        raise SystemExit("check needs --model")
     return cmd_check(args)
 
 

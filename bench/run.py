@@ -269,12 +269,17 @@ def main(argv=None):
     ap.add_argument("--workloads", default=None, help="comma list of gen-bN, score, dpo (default: all)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny workloads, 1 repetition each order")
-    ap.add_argument("--out", default=os.path.join(HERE, "results.md"))
+    ap.add_argument("--out", default=None, help="default bench/results.md (--quick: bench/work/results-quick.md)")
     ap.add_argument("--json", default=None, help="raw records (default: --out with .json)")
     ap.add_argument("--title", default=None)
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--probes", default="both", choices=["start", "both"],
+                    help="probe at the start only, or at start and end (the VM's capacity varies)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per process")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(HERE, "work", "results-quick.md") if args.quick else os.path.join(HERE, "results.md")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     args.json = args.json or os.path.splitext(args.out)[0] + ".json"
     log = sys.stderr
     started = time.time()
@@ -286,7 +291,7 @@ def main(argv=None):
             m = re.fullmatch(r"gen-b(\d+)", w.strip())
             workloads.append(("gen", int(m.group(1))) if m else (w.strip(), 0))
     inputs_path = args.inputs
-    work_dir = os.path.dirname(os.path.abspath(args.json))
+    work_dir = os.path.dirname(os.path.abspath(inputs_path))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.device == "cpu":
         env["CREAM_DEVICE"] = "cpu"
@@ -354,7 +359,8 @@ def main(argv=None):
                     records.append(r)
                     print("  %-7s %-8s rep %d: %.1f tok/s, %.1f tok/CPU-s, CPU/wall %.2f, %.0f MB" % (
                         r["impl"], workload_key(r), rep, r["tok_per_s"], r["tok_per_cpu_s"], r["cpu_per_wall"], r["peak_rss_mb"]), file=log, flush=True)
-    probe_recs += probes()  # again at the end: the VM's capacity varies; the best counts
+    if args.probes == "both":
+        probe_recs += probes()  # again at the end: the VM's capacity varies; the best counts
 
     peak = max([p["matmul_gflops"] for p in probe_recs] + [p.get("shape_matmul_gflops") or 0 for p in probe_recs] + [1e-9]) * 1e9
     bw = max([p["bw_gbs"] for p in probe_recs] + [1e-9]) * 1e9
