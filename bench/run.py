@@ -193,9 +193,11 @@ def render_table(rows):
 def render_runs(records):
     lines = ["| workload | rep | order | impl | tokens | wall s | CPU s | CPU/wall | tok/s | tok/CPU-s | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    inner = any(r.get("rep", 0) > 0 for r in records)  # --repeat > 1: show process.run
     for r in records:
-        lines.append("| %s | %d | %s | %s | %d | %.2f | %.2f | %.2f | %.1f | %.1f | %.0f |" % (
-            workload_key(r), r.get("outer_rep", 0), r.get("order", "-"), r["impl"], r["tokens"], r["wall_s"],
+        rep = "%d.%d" % (r.get("outer_rep", 0), r.get("rep", 0)) if inner else "%d" % r.get("outer_rep", 0)
+        lines.append("| %s | %s | %s | %s | %d | %.2f | %.2f | %.2f | %.1f | %.1f | %.0f |" % (
+            workload_key(r), rep, r.get("order", "-"), r["impl"], r["tokens"], r["wall_s"],
             r["cpu_s"], r["cpu_per_wall"], r["tok_per_s"], r["tok_per_cpu_s"], r["peak_rss_mb"]))
     return "\n".join(lines)
 
@@ -357,8 +359,8 @@ def main(argv=None):
                 for r in run_proc(cmd, env, args.timeout, log):
                     r["outer_rep"], r["order"] = rep, "/".join(order)
                     records.append(r)
-                    print("  %-7s %-8s rep %d: %.1f tok/s, %.1f tok/CPU-s, CPU/wall %.2f, %.0f MB" % (
-                        r["impl"], workload_key(r), rep, r["tok_per_s"], r["tok_per_cpu_s"], r["cpu_per_wall"], r["peak_rss_mb"]), file=log, flush=True)
+                    print("  %-7s %-8s rep %d.%d: %.1f tok/s, %.1f tok/CPU-s, CPU/wall %.2f, %.0f MB" % (
+                        r["impl"], workload_key(r), rep, r.get("rep", 0), r["tok_per_s"], r["tok_per_cpu_s"], r["cpu_per_wall"], r["peak_rss_mb"]), file=log, flush=True)
     if args.probes == "both":
         probe_recs += probes()  # again at the end: the VM's capacity varies; the best counts
 

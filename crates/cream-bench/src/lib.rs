@@ -11,8 +11,9 @@ pub mod workloads;
 
 /// A short name of the device, for the records.
 pub fn device_name(device: &candle_core::Device) -> String {
-    match device {
-        candle_core::Device::Cpu => "cpu".into(),
-        d => format!("{:?}", d.location()).to_lowercase().replace(' ', ""),
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
