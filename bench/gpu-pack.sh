@@ -24,8 +24,10 @@ cp "$INPUTS" "$G/b/inputs.json"
 cp "$GOLDEN"/smollm2_logprobs.json "$GOLDEN"/smollm2_dpo.json "$G/b/golden/"
 cp bench/gpu.sh bench/run.py bench/baseline.py "$G/b/bench/"
 cp Cargo.lock "$G/b/"  # run.py reads the candle version from it
-exclude=$(git -C "$DEST" rev-parse --git-common-dir)/info/exclude
-grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
+if ! git -C "$DEST" check-ignore -q .gpu/a/model.part1; then
+    exclude=$(git -C "$DEST" rev-parse --path-format=absolute --git-common-dir)/info/exclude
+    echo '/.gpu/' >> "$exclude"
+fi
 sha=$(sha256sum "$MODEL" | cut -d' ' -f1)
 du -sh "$G/a" "$G/b"
 cat <<MSG

@@ -18,7 +18,7 @@
 #   CREAM_DEVICE  cuda (default) | cpu: a CPU rehearsal with a CPU build
 #   CREAM_SHAPE   the random shape (default llama3-8b-2l; empty: skip step 3)
 #   CREAM_REPEAT  measured runs per process (default 3); CREAM_COMMIT: the git commit, for the header
-#   CREAM_QUICK=1 tiny workloads (rehearsal)
+#   CREAM_QUICK=1 tiny workloads (rehearsal); CREAM_WORKLOADS: run.py --workloads for the default model
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-bench/work/gpu}
@@ -73,7 +73,7 @@ common=(--cream "$BIN" --python "$PY" --device "$DEVICE" --reps 1 --repeat "$REP
 rc=0
 step "default model: cream vs PyTorch on $DEVICE"
 "$PY" bench/run.py "${common[@]}" --model "$GGUF" --hf "$WORK/smollm2-hf" --inputs "$CREAM_INPUTS" \
-    --out "$OUT/results-gpu-smollm2.md" > /dev/null || rc=$?
+    ${CREAM_WORKLOADS:+--workloads "$CREAM_WORKLOADS"} --out "$OUT/results-gpu-smollm2.md" > /dev/null || rc=$?
 if [[ -n $SHAPE ]]; then
     step "random $SHAPE: cream vs PyTorch on $DEVICE"
     "$PY" bench/run.py "${common[@]}" --random-shape "$SHAPE" --inputs "$WORK/inputs-$SHAPE.json" \
