@@ -121,6 +121,13 @@ train *args: build
 eval *args: build
     {{ quote(bin) }}/cream-eval "$@"
 
+# Benchmark cream against PyTorch + transformers on this machine, side by side (bench/README.md):
+# installs bench/.venv once, writes bench/results.md. `just bench --quick` is a smoke run; other
+# flags go to bench/run.py (e.g. `just bench --threads 1 --reps 5`). Not part of `just test`.
+[positional-arguments]
+bench *args:
+    bash bench/bench.sh "$@"
+
 # Score each response in a JSONL file ({"id", "prompt", "response"} per line) under a model.
 score model input: build
     {{ quote(bin) }}/cream-score --model {{ quote(model) }} --input {{ quote(input) }}

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod fused;
 pub mod generate;
+pub mod golden;
 pub mod load;
 pub mod model;
 pub mod rng;

@@ -17,10 +17,7 @@ pub fn default_model_path() -> PathBuf {
 }
 
 pub fn golden(name: &str) -> serde_json::Value {
-    let p = repo_root().join("../shared/golden").join(name);
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("{}: {e} (the golden files live in ../shared/golden)", p.display()));
-    serde_json::from_str(&text).unwrap()
+    cream_lm::golden::read(&repo_root().join("../shared/golden").join(name)).unwrap()
 }
 
 pub fn default_model() -> &'static LoadedModel {
@@ -29,9 +26,9 @@ pub fn default_model() -> &'static LoadedModel {
 }
 
 pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    cream_lm::golden::u32s(v).unwrap()
 }
 
 pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    cream_lm::golden::f64s(v).unwrap()
 }
