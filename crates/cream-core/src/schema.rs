@@ -448,8 +448,10 @@ tables! {
         pub c: f64,
     }
 
-    #[table = "metrics", version = 1]
-    /// Training metrics at one optimiser step.
+    #[table = "metrics", version = 2]
+    /// Training metrics at one optimiser step. Deterministic: no wall-clock throughput (version 1
+    /// had `tokens_per_s`, which made the file differ between identical runs; the stage's wall
+    /// time is the manifest's `wall_time_s`).
     pub struct MetricRow {
         /// Optimiser step.
         pub step: u64,
@@ -467,8 +469,6 @@ tables! {
         pub lr: f64,
         /// Tokens processed in this step.
         pub tokens: u64,
-        /// Throughput of this step.
-        pub tokens_per_s: f64,
     }
 
     #[table = "eval", version = 1]
@@ -522,6 +522,12 @@ pub fn write_table<T: Table>(path: &Path, rows: &[T]) -> Result<u64> {
     let file = File::create(path).with_context(context)?;
     let mut writer = ArrowWriter::try_new(&file, T::schema(), Some(props)).with_context(context)?;
     writer.write(&T::to_batch(rows)).with_context(context)?;
+    if crate::store::failpoint_armed(crate::store::FAIL_MID_WRITE) {
+        // Put the rows on disk without the footer: a half-written file, then halt.
+        writer.flush().with_context(context)?;
+        file.sync_all().with_context(context)?;
+        crate::store::failpoint(crate::store::FAIL_MID_WRITE);
+    }
     writer.close().with_context(context)?;
     file.sync_all().with_context(context)?;
     Ok(rows.len() as u64)
