@@ -356,7 +356,7 @@ fn disk_full_mid_write() {
     let model = fx.model().display().to_string();
     // RLIMIT_FSIZE of 1 MiB: the 6 MB model.safetensors cannot be written (EFBIG, as on a full disk).
     let script = format!(
-        "trap '' XFSZ; ulimit -f 1024; exec {} train sft --config {cfg} --prompts {} --model {model} --threads 1",
+        "trap '' XFSZ; ulimit -f 1024; exec {} sft --config {cfg} --prompts {} --model {model} --threads 1",
         common::bin("cream-train").display(),
         c.prompts
     );
@@ -444,9 +444,10 @@ fn special_token_strings_in_prompts_stay_text_through_generate() {
 fn input_ids_in_a_manifest_cannot_escape_the_store() {
     let fx = fixture();
     let c = case();
-    let cfg = fx.config().display().to_string();
+    let cfg = fx.config_with(c.tmp.path(), "srlm.toml", |t| t.replace("c_mode = \"avg\"", "c_mode = { fixed = 1.0 }"));
+    let cfg = cfg.display().to_string();
     let model = fx.model().display().to_string();
-    let g = last_line(&run("cream-generate", &strs(&generate_args(&fx.config(), &c.prompts, &fx.model())), &c.artifacts, &[]), "generate");
+    let g = last_line(&run("cream-generate", &strs(&generate_args(Path::new(&cfg), &c.prompts, &fx.model())), &c.artifacts, &[]), "generate");
     let j = last_line(&run("cream-judge", &["--config", &cfg, "--samples", &g, "--mode", "likelihood", "--policy", &model], &c.artifacts, &[]), "judge");
     let p = last_line(&run("cream-pair", &["--config", &cfg, "--samples", &g, "--rewards", &j], &c.artifacts, &[]), "pair");
     // Point the pairs' samples input outside the store (train dpo opens it by <stage>/<id>).

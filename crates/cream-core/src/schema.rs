@@ -538,6 +538,26 @@ pub fn write_table<T: Table>(path: &Path, rows: &[T]) -> Result<u64> {
 /// Errors name the file and, for schema problems, the column with the expected and the found
 /// type; a null in a non-nullable column names the row. A corrupt file is an error, not a panic.
 pub fn read_table<T: Table>(path: &Path) -> Result<Vec<T>> {
+    // The parquet crate panics on some corrupt files instead of returning an error (found by
+    // fuzzing, e.g. "Decoder for dict should have been set"); that is an error here.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_table_unguarded(path))).unwrap_or_else(
+        |panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            bail!(
+                "{}: cannot read it as a Parquet {} table: the Parquet decoder failed ({what}); the \
+                 file is corrupt, rerun the stage that wrote it",
+                path.display(),
+                T::NAME
+            )
+        },
+    )
+}
+
+fn read_table_unguarded<T: Table>(path: &Path) -> Result<Vec<T>> {
     let context = || {
         format!(
             "{}: cannot read it as a Parquet {} table (cause below); if it is corrupt or \

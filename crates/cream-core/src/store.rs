@@ -137,6 +137,7 @@ pub enum Verify {
 
 /// One output file as recorded in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileEntry {
     /// blake3 hex digest of the content.
     pub blake3: String,
@@ -147,7 +148,10 @@ pub struct FileEntry {
 }
 
 /// The commit record of an artifact, `manifest.json`: where it came from and what it holds.
+/// Unknown keys are an error (a renamed key is damage, not a newer format: that changes
+/// [`Manifest::format`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Always [`MANIFEST_FORMAT`].
     pub format: String,

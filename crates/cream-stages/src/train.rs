@@ -79,10 +79,11 @@ fn optimize(
             margins.extend(m.margins);
             tokens += m.tokens;
         }
-        let (grads, grad_norm) = acc.take_clipped(optim.max_grad_norm)?;
-        if !grad_norm.is_finite() {
-            return Err(diverged(lm, what, step, &format!("the gradient norm became {grad_norm}"), last_good, recovery));
-        }
+        // take_clipped refuses a non-finite gradient norm ("training diverged").
+        let (grads, grad_norm) = match acc.take_clipped(optim.max_grad_norm) {
+            Ok(g) => g,
+            Err(e) => return Err(diverged(lm, what, step, &format!("{e:#}"), last_good, recovery)),
+        };
         if step + 1 < total {
             // Only needed if a later step diverges; a copy, since the update writes in place.
             let weights = lm.model.named_vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
