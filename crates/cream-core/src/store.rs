@@ -339,8 +339,15 @@ impl Store {
         let mut guard = RemoveOnDrop(Some(tmp.clone()));
         failpoint(FAIL_BEFORE_OUTPUT);
         let started = Instant::now();
-        let output = work(&tmp)
-            .with_context(|| format!("stage {} failed; nothing was published", spec.stage))?;
+        let output = work(&tmp).map_err(|e| {
+            let hint = if out_of_space(&e) {
+                "; the disk is full or a file-size limit was hit: free space (`just gc` removes \
+                 abandoned temporary directories) and rerun"
+            } else {
+                ""
+            };
+            e.context(format!("stage {} failed; nothing was published{hint}", spec.stage))
+        })?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT.to_owned(),
             stage: spec.stage.clone(),
@@ -651,6 +658,21 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} into place", tmp.display()))
+}
+
+/// Whether `err` comes from a full disk (ENOSPC) or an exceeded file-size limit (EFBIG), as an
+/// `io::Error` in its chain or in its text (some writers only keep the message).
+fn out_of_space(err: &anyhow::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EFBIG: i32 = 27;
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| matches!(e.raw_os_error(), Some(ENOSPC | EFBIG)))
+            || ["(os error 28)", "(os error 27)"]
+                .iter()
+                .any(|m| cause.to_string().contains(m))
+    })
 }
 
 /// Opens (creating it) the lock file of key `id` in `stage_dir`. Lock files are never deleted,
