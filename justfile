@@ -29,6 +29,13 @@ build:
 test *args: setup
     cargo test --release --workspace "$@"
 
+# Fuzz the manifest parser, the Parquet reader, the answer extractors and the chat-template input
+# path for FUZZ_SECS seconds each (default 60; not part of `just test`, which runs one quick round).
+fuzz secs=env_var_or_default("FUZZ_SECS", "60"):
+    FUZZ_SECS={{ secs }} cargo test --release -p cream-core --test fuzz -- --test-threads 1 --nocapture
+    FUZZ_SECS={{ secs }} cargo test --release -p cream-algo --test fuzz -- --test-threads 1 --nocapture
+    FUZZ_SECS={{ secs }} cargo test --release -p cream-lm --test fuzz_chat -- --test-threads 1 --nocapture
+
 # Where cargo puts binaries (.ci/run points CARGO_TARGET_DIR at a build cache).
 bin := env_var_or_default("CARGO_TARGET_DIR", "target") + "/release"
 

@@ -81,6 +81,7 @@ impl AsRef<str> for ArtifactId {
 
 /// One input of an artifact: what role it plays and which content it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InputRef {
     /// The role of the input for the consuming stage, e.g. `"samples"`, `"model"`, `"prompts"`.
     pub name: String,

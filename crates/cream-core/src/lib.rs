@@ -22,5 +22,5 @@ pub use schema::{
 };
 pub use store::{
     Artifact, ArtifactSpec, FileEntry, GcReport, Manifest, ProduceOutput, Produced, Store,
-    StoreError, Verify,
+    StoreError, Verify, failpoint,
 };

@@ -448,8 +448,10 @@ tables! {
         pub c: f64,
     }
 
-    #[table = "metrics", version = 1]
-    /// Training metrics at one optimiser step.
+    #[table = "metrics", version = 2]
+    /// Training metrics at one optimiser step. Deterministic: no wall-clock throughput (version 1
+    /// had `tokens_per_s`, which made the file differ between identical runs; the stage's wall
+    /// time is the manifest's `wall_time_s`).
     pub struct MetricRow {
         /// Optimiser step.
         pub step: u64,
@@ -467,8 +469,6 @@ tables! {
         pub lr: f64,
         /// Tokens processed in this step.
         pub tokens: u64,
-        /// Throughput of this step.
-        pub tokens_per_s: f64,
     }
 
     #[table = "eval", version = 1]
@@ -522,6 +522,12 @@ pub fn write_table<T: Table>(path: &Path, rows: &[T]) -> Result<u64> {
     let file = File::create(path).with_context(context)?;
     let mut writer = ArrowWriter::try_new(&file, T::schema(), Some(props)).with_context(context)?;
     writer.write(&T::to_batch(rows)).with_context(context)?;
+    if crate::store::failpoint_armed(crate::store::FAIL_MID_WRITE) {
+        // Put the rows on disk without the footer: a half-written file, then halt.
+        writer.flush().with_context(context)?;
+        file.sync_all().with_context(context)?;
+        crate::store::failpoint(crate::store::FAIL_MID_WRITE);
+    }
     writer.close().with_context(context)?;
     file.sync_all().with_context(context)?;
     Ok(rows.len() as u64)
@@ -532,6 +538,26 @@ pub fn write_table<T: Table>(path: &Path, rows: &[T]) -> Result<u64> {
 /// Errors name the file and, for schema problems, the column with the expected and the found
 /// type; a null in a non-nullable column names the row. A corrupt file is an error, not a panic.
 pub fn read_table<T: Table>(path: &Path) -> Result<Vec<T>> {
+    // The parquet crate panics on some corrupt files instead of returning an error (found by
+    // fuzzing, e.g. "Decoder for dict should have been set"); that is an error here.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_table_unguarded(path))).unwrap_or_else(
+        |panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            bail!(
+                "{}: cannot read it as a Parquet {} table: the Parquet decoder failed ({what}); the \
+                 file is corrupt, rerun the stage that wrote it",
+                path.display(),
+                T::NAME
+            )
+        },
+    )
+}
+
+fn read_table_unguarded<T: Table>(path: &Path) -> Result<Vec<T>> {
     let context = || {
         format!(
             "{}: cannot read it as a Parquet {} table (cause below); if it is corrupt or \

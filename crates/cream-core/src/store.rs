@@ -2,8 +2,9 @@
 //!
 //! Layout: `<root>/<stage>/<id>/` holds a stage's output files and `manifest.json`, the commit
 //! record. Next to the artifacts of a stage live `.locks/<id>.lock` (one lock file per key, never
-//! deleted, so that every writer of a key locks the same inode) and, while a stage runs,
-//! `.tmp-<id>-<pid>-<nanos>/`, the directory it writes into.
+//! deleted, so that every writer of a key locks the same inode), while a stage runs,
+//! `.tmp-<id>-<pid>-<nanos>/`, the directory it writes into, and after a stage failed in a way
+//! that leaves something worth keeping, `.recovery-<id>/` ([`Store::recovery_dir`]).
 //!
 //! Invariants:
 //! - A directory `<root>/<stage>/<id>/` only ever appears by an atomic `rename` of a complete,
@@ -34,6 +35,44 @@ pub const MANIFEST_FORMAT: &str = "cream-manifest/1";
 
 const LOCKS_DIR: &str = ".locks";
 const TMP_PREFIX: &str = ".tmp-";
+const RECOVERY_PREFIX: &str = ".recovery-";
+
+/// Environment variable naming the failpoint a process halts at (see [`failpoint`]).
+pub const FAILPOINT_ENV: &str = "CREAM_FAILPOINT";
+/// Environment variable naming the marker file a halted process writes (see [`failpoint`]).
+pub const FAILPOINT_MARKER_ENV: &str = "CREAM_FAILPOINT_MARKER";
+/// Failpoint: the temporary directory exists, the stage has written nothing yet.
+pub const FAIL_BEFORE_OUTPUT: &str = "before-output";
+/// Failpoint: inside [`crate::write_table`], the rows are on disk but the Parquet footer is not.
+pub const FAIL_MID_WRITE: &str = "mid-write";
+/// Failpoint: every file and the manifest are written and fsynced, the rename has not happened.
+pub const FAIL_BEFORE_PUBLISH: &str = "before-publish";
+
+/// Whether `CREAM_FAILPOINT` names `name` (read once per process).
+pub fn failpoint_armed(name: &str) -> bool {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var(FAILPOINT_ENV).ok())
+        .as_deref()
+        == Some(name)
+}
+
+/// Crash-test hook: when `CREAM_FAILPOINT=<name>`, the first time the process reaches failpoint
+/// `name` it creates the file `CREAM_FAILPOINT_MARKER` (if set) and sleeps forever, so that a
+/// test can SIGKILL it at exactly that point. The points are [`FAIL_BEFORE_OUTPUT`],
+/// [`FAIL_MID_WRITE`] and [`FAIL_BEFORE_PUBLISH`]. Unset (always, outside tests), it costs one
+/// cached comparison.
+pub fn failpoint(name: &str) {
+    if !failpoint_armed(name) {
+        return;
+    }
+    if let Some(marker) = std::env::var_os(FAILPOINT_MARKER_ENV) {
+        let _ = fs::write(marker, name);
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
 
 /// Errors of the store that callers may want to tell apart (reach them with
 /// `anyhow::Error::downcast_ref`). Each message names the directory and says what to do.
@@ -98,6 +137,7 @@ pub enum Verify {
 
 /// One output file as recorded in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileEntry {
     /// blake3 hex digest of the content.
     pub blake3: String,
@@ -108,7 +148,10 @@ pub struct FileEntry {
 }
 
 /// The commit record of an artifact, `manifest.json`: where it came from and what it holds.
+/// Unknown keys are an error (a renamed key is damage, not a newer format: that changes
+/// [`Manifest::format`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Always [`MANIFEST_FORMAT`].
     pub format: String,
@@ -294,9 +337,17 @@ impl Store {
         let tmp = stage_dir.join(format!("{TMP_PREFIX}{id}-{}-{nanos}", std::process::id()));
         fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut guard = RemoveOnDrop(Some(tmp.clone()));
+        failpoint(FAIL_BEFORE_OUTPUT);
         let started = Instant::now();
-        let output = work(&tmp)
-            .with_context(|| format!("stage {} failed; nothing was published", spec.stage))?;
+        let output = work(&tmp).map_err(|e| {
+            let hint = if out_of_space(&e) {
+                "; the disk is full or a file-size limit was hit: free space (`just gc` removes \
+                 abandoned temporary directories) and rerun"
+            } else {
+                ""
+            };
+            e.context(format!("stage {} failed; nothing was published{hint}", spec.stage))
+        })?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT.to_owned(),
             stage: spec.stage.clone(),
@@ -313,6 +364,7 @@ impl Store {
         };
         write_manifest(&tmp, &manifest)?;
         sync_dir(&tmp)?;
+        failpoint(FAIL_BEFORE_PUBLISH);
         let dir = stage_dir.join(id.as_str());
         fs::rename(&tmp, &dir)
             .with_context(|| format!("cannot publish {} as {}", tmp.display(), dir.display()))?;
@@ -322,6 +374,15 @@ impl Store {
             artifact: Artifact { dir, manifest },
             cache_hit: false,
         })
+    }
+
+    /// Where a stage that failed while producing `spec` may leave what it wants kept (e.g. the
+    /// last good weights of a diverged training run): `<root>/<stage>/.recovery-<id>/`. It is
+    /// never an input and never published; [`Store::gc`] leaves it alone. The caller creates it.
+    pub fn recovery_dir(&self, spec: &ArtifactSpec) -> PathBuf {
+        self.root
+            .join(&spec.stage)
+            .join(format!("{RECOVERY_PREFIX}{}", spec.id()))
     }
 
     /// The finished, verified artifact of `spec`, if it exists.
@@ -489,6 +550,16 @@ fn verify(dir: &Path, stage: &str, id: &ArtifactId, mode: Verify) -> Result<Mani
             manifest.stage
         )));
     }
+    // Inputs are opened by `<stage>/<id>` (e.g. the samples behind a pairs artifact): a manifest
+    // must not be able to point outside the store.
+    for input in &manifest.inputs {
+        if !is_stage(&input.stage) || !is_hex64(&input.id) {
+            return Err(corrupt(format!(
+                "{MANIFEST_FILE} lists input {:?} as {:?}/{:?}, which is not a <stage>/<id> of a store",
+                input.name, input.stage, input.id
+            )));
+        }
+    }
     for (name, entry) in &manifest.files {
         if !is_file_name(name) || name == MANIFEST_FILE {
             return Err(corrupt(format!(
@@ -587,6 +658,21 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} into place", tmp.display()))
+}
+
+/// Whether `err` comes from a full disk (ENOSPC) or an exceeded file-size limit (EFBIG), as an
+/// `io::Error` in its chain or in its text (some writers only keep the message).
+fn out_of_space(err: &anyhow::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EFBIG: i32 = 27;
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| matches!(e.raw_os_error(), Some(ENOSPC | EFBIG)))
+            || ["(os error 28)", "(os error 27)"]
+                .iter()
+                .any(|m| cause.to_string().contains(m))
+    })
 }
 
 /// Opens (creating it) the lock file of key `id` in `stage_dir`. Lock files are never deleted,

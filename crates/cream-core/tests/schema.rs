@@ -133,7 +133,6 @@ fn other_tables_roundtrip() {
         grad_norm: 1e-300,
         lr: 5e-7,
         tokens: 1 << 40,
-        tokens_per_s: 1234.5,
     }]);
     roundtrip(&[ScoreRow {
         prompt_id: "p".into(),

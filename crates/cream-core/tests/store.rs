@@ -467,6 +467,17 @@ fn tampering_is_detected() {
         &["\"../x\"", "not a plain file name"],
     );
 
+    for (field, value) in [("id", "../../../etc"), ("stage", "../x"), ("id", "/etc/passwd")] {
+        let a = produce(&store, &format!("input-{field}-{value}"));
+        edit_manifest(&a, |m| m["inputs"][0][field] = json!(value));
+        assert_refused(
+            &store,
+            &a,
+            &format!("input-{field}-{value}"),
+            &["lists input \"samples\"", "not a <stage>/<id>"],
+        );
+    }
+
     let a = produce(&store, "id");
     edit_manifest(&a, |m| m["id"] = json!(spec("other").id().as_str()));
     assert_refused(&store, &a, "id", &["says id", "but the directory is named"]);

@@ -57,9 +57,17 @@ impl Ctx {
 
     /// A model given by path: a `train` artifact in the store (identified by its id) or an
     /// external GGUF file / Hugging Face directory (identified by the blake3 of its content).
+    /// A path inside the store must be a finished `train` artifact: a half-written one (a
+    /// temporary directory of an interrupted run) or a corrupt one is refused, never loaded as an
+    /// external model.
     pub fn model_input(&self, role: &str, path: &Path) -> Result<(InputRef, PathBuf)> {
-        if let Ok(a) = self.store.open_artifact(&path.to_string_lossy(), Some("train")) {
-            return Ok((a.as_input(role), a.dir.clone()));
+        let inside_store = std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(self.store.root()));
+        match self.store.open_artifact(&path.to_string_lossy(), Some("train")) {
+            Ok(a) => return Ok((a.as_input(role), a.dir.clone())),
+            Err(e) if inside_store => {
+                return Err(e.context(format!("--{role} {} is not a usable model", path.display())));
+            }
+            Err(_) => {}
         }
         let id = if path.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)

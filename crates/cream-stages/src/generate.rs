@@ -50,9 +50,17 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
     let g = p.generate.clone();
     let seed = p.seed;
     ctx.produce(spec, |dir| {
-        let pool: Vec<PromptRow> = read_table(&prompts.path("pool.parquet")?)?;
+        let pool_file = prompts.path("pool.parquet")?;
+        let pool: Vec<PromptRow> = read_table(&pool_file)?;
+        let pool_rows = pool.len();
         let rows = iteration_prompts(pool, iteration, p.iterations)?;
-        ensure!(!rows.is_empty(), "iteration {iteration} has no prompts; enlarge the prompt pool");
+        ensure!(
+            !rows.is_empty(),
+            "{}: iteration {iteration} has no prompts ({pool_rows} prompts split over {} iterations); \
+             enlarge the prompt pool ([data] in the pipeline config) or lower `iterations`",
+            pool_file.display(),
+            p.iterations
+        );
         let rows: Vec<PromptRow> =
             rows.into_iter().enumerate().filter(|(pos, _)| shard.keeps(*pos)).map(|(_, r)| r).collect();
         if rows.is_empty() {
@@ -68,12 +76,24 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
         let mut reqs = Vec::with_capacity(rows.len() * g.n);
         let mut truncated = 0usize;
+        let context = lm.model.cfg.max_position_embeddings;
         for r in &rows {
             let mut ids = lm.tokenizer.encode_prompt(&r.prompt)?;
             if ids.len() > g.max_prompt_tokens {
                 ids.drain(..ids.len() - g.max_prompt_tokens);
                 truncated += 1;
             }
+            ensure!(
+                ids.len() + g.max_new_tokens <= context,
+                "{}: prompt {} has {} tokens (after truncation to [generate] max_prompt_tokens = {}); \
+                 with max_new_tokens = {} that exceeds the model's context window of {context} tokens; \
+                 lower [generate] max_prompt_tokens or max_new_tokens",
+                prompts.dir.join("pool.parquet").display(),
+                r.prompt_id,
+                ids.len(),
+                g.max_prompt_tokens,
+                g.max_new_tokens
+            );
             for k in 0..g.n as u32 {
                 let seed = cream_lm::rng::sample_seed(seed, &r.prompt_id, k);
                 reqs.push(GenRequest { prompt_ids: ids.clone(), seed });

@@ -76,12 +76,16 @@ pub fn score_shard(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: us
             return Ok(ProduceOutput::default().with_rows("scores.parquet", n));
         }
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        let context = lm.model.cfg.max_position_embeddings;
+        let mut truncated = 0u64;
         let convs = rows
             .iter()
             .map(|r| {
-                lm.tokenizer.encode_conversation(&r.prompt, &r.response).with_context(|| {
-                    format!("samples.parquet: prompt {} sample {}", r.prompt_id, r.sample_idx)
-                })
+                let what = || format!("{}: prompt {} sample {}", samples.dir.join("samples.parquet").display(), r.prompt_id, r.sample_idx);
+                let conv = lm.tokenizer.encode_conversation(&r.prompt, &r.response).with_context(what)?;
+                let conv = fit_context(conv, context).with_context(what)?;
+                truncated += u64::from(conv.1);
+                Ok(conv.0)
             })
             .collect::<Result<Vec<_>>>()?;
         let pb = crate::progress::bar(convs.len(), "score", ctx.quiet);
@@ -101,8 +105,29 @@ pub fn score_shard(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: us
         }
         pb.finish_and_clear();
         let n = write_table(&dir.join("scores.parquet"), &scores)?;
-        Ok(ProduceOutput::default().with_rows("scores.parquet", n))
+        let extra = if truncated > 0 { json!({"truncated_conversations": truncated}) } else { json!(null) };
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("scores.parquet", n))
     })
+}
+
+/// A conversation longer than the model's context window keeps its last `context` tokens (the
+/// start of the prompt is dropped, as `generate` truncates prompts); the scored response must
+/// fit with at least one prompt token before it. Returns whether it was truncated.
+fn fit_context(mut conv: cream_lm::Conversation, context: usize) -> Result<(cream_lm::Conversation, bool)> {
+    let len = conv.ids.len();
+    if len <= context {
+        return Ok((conv, false));
+    }
+    let drop = len - context;
+    ensure!(
+        conv.score_start > drop,
+        "the response alone has {} tokens, more than the model's context window of {context} allows; \
+         it cannot be scored (lower [generate] max_new_tokens)",
+        len - conv.score_start
+    );
+    conv.ids.drain(..drop);
+    conv.score_start -= drop;
+    Ok((conv, true))
 }
 
 /// Merge the shard artifacts `shards` of a sharded [`score_shard`] run into the unsharded `score`

@@ -38,7 +38,13 @@ fn is_parquet(path: &Path) -> bool {
 fn read_jsonl(path: &Path) -> Result<Vec<(String, Value)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{}: not valid UTF-8 at byte {}", path.display(), e.utf8_error().valid_up_to())
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        anyhow::anyhow!(
+            "{} line {line}: not valid UTF-8 (byte offset {at}); data files must be UTF-8 text, \
+             re-encode or remove that line",
+            path.display()
+        )
     })?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -90,17 +96,43 @@ struct Gsm8kRow {
     gold: String,
 }
 
+/// Drops repeated rows of one data file: a row whose prompt id (its question) appeared before
+/// is dropped if `same` says it equals the first one (real data sets repeat rows, e.g. Social
+/// IQa), and is an error naming both rows if it conflicts with it. Returns the kept rows.
+fn drop_repeats<T>(path: &Path, rows: Vec<(String, T)>, id: impl Fn(&T) -> &str, same: impl Fn(&T, &T) -> bool) -> Result<Vec<T>> {
+    let mut first: std::collections::HashMap<String, (String, usize)> = std::collections::HashMap::new();
+    let mut kept: Vec<T> = Vec::with_capacity(rows.len());
+    for (at, row) in rows {
+        match first.get(id(&row)) {
+            // An exact repeat: keep the first.
+            Some((_, i)) if same(&kept[*i], &row) => {}
+            Some((first_at, _)) => bail!(
+                "{} {at}: duplicate prompt id {}: the same question as {first_at} with a different \
+                 answer; remove one of the two rows",
+                path.display(),
+                id(&row)
+            ),
+            None => {
+                first.insert(id(&row).to_string(), (at, kept.len()));
+                kept.push(row);
+            }
+        }
+    }
+    Ok(kept)
+}
+
 fn gsm8k(path: &Path, source: &str) -> Result<Vec<Gsm8kRow>> {
-    read_rows(path)?
+    let rows = read_rows(path)?
         .into_iter()
         .map(|(at, v)| {
             let question = field(&v, path, &at, "question")?.to_string();
             let solution = field(&v, path, &at, "answer")?.to_string();
             let gold =
                 gsm8k_gold(&solution).with_context(|| format!("{} {at}: field `answer`", path.display()))?;
-            Ok(Gsm8kRow { id: prompt_id(source, &question), question, solution, gold })
+            Ok((at, Gsm8kRow { id: prompt_id(source, &question), question, solution, gold }))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    drop_repeats(path, rows, |r| &r.id, |a, b| a.solution == b.solution)
 }
 
 /// Social IQa rows as shipped by the evals package: `{"input": [{"role": "user", "content"}], "ideal"}`.
@@ -124,9 +156,10 @@ fn socialiqa(path: &Path) -> Result<Vec<(String, String, String)>> {
             }
             .to_string();
             let ideal = field(&v, path, &at, "ideal")?.trim().to_uppercase();
-            Ok((prompt_id("socialiqa", &content), content, ideal))
+            Ok((at, (prompt_id("socialiqa", &content), content, ideal)))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .and_then(|rows| drop_repeats(path, rows, |r| &r.0, |a, b| a.2 == b.2))
 }
 
 /// Sort by a salted hash of the id (a deterministic shuffle) and keep `limit` (0 = all).

@@ -7,9 +7,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use cream_core::{Artifact, ArtifactSpec, MetricRow, PairRow, PromptRow, ProduceOutput, ScoreRow, read_table, write_table};
 use cream_lm::train::{AdamW, DpoBatch, GradAccumulator, dpo_loss, lr_at, sft_loss};
 use cream_lm::{Conversation, LoadedModel, TokenBatch};
@@ -55,6 +54,7 @@ fn optimize(
     keys: &[String],
     t: &TrainSection,
     what: &str,
+    recovery: &Path,
     mut micro: impl FnMut(&[usize], f64, &mut GradAccumulator) -> Result<Micro>,
 ) -> Result<Vec<MetricRow>> {
     let total = total_steps(keys.len(), t);
@@ -65,27 +65,32 @@ fn optimize(
     let pb = crate::progress::bar(total, what, ctx.quiet);
     let per_epoch = keys.len().div_ceil(t.global_batch);
     let mut metrics = Vec::with_capacity(total);
+    // The weights of the last step whose loss and gradients were finite (None: the input model).
+    let mut last_good: Option<(usize, Vec<candle_core::Tensor>)> = None;
     for step in 0..total {
-        let started = Instant::now();
         let idx = step_indices(keys, t, step);
         let (mut loss, mut margins, mut tokens) = (0.0, Vec::new(), 0usize);
         for chunk in idx.chunks(t.micro_batch) {
             let m = micro(chunk, chunk.len() as f64 / idx.len() as f64, &mut acc)?;
             if !m.loss.is_finite() {
-                bail!(
-                    "{what}: the loss became {} at step {step}; training stopped and nothing was \
-                     published (the input model is unchanged). Lower the learning rate.",
-                    m.loss
-                );
+                return Err(diverged(lm, what, step, &format!("the loss became {}", m.loss), last_good, recovery));
             }
             loss += m.loss;
             margins.extend(m.margins);
             tokens += m.tokens;
         }
-        let (grads, grad_norm) = acc.take_clipped(optim.max_grad_norm)?;
+        // take_clipped refuses a non-finite gradient norm ("training diverged").
+        let (grads, grad_norm) = match acc.take_clipped(optim.max_grad_norm) {
+            Ok(g) => g,
+            Err(e) => return Err(diverged(lm, what, step, &format!("{e:#}"), last_good, recovery)),
+        };
+        if step + 1 < total {
+            // Only needed if a later step diverges; a copy, since the update writes in place.
+            let weights = lm.model.named_vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+            last_good = Some((step, weights));
+        }
         let lr = lr_at(&optim, step, total);
         opt.step(&grads, lr)?;
-        let secs = started.elapsed().as_secs_f64();
         let n = margins.len().max(1) as f64;
         metrics.push(MetricRow {
             step: step as u64,
@@ -96,12 +101,46 @@ fn optimize(
             grad_norm,
             lr,
             tokens: tokens as u64,
-            tokens_per_s: tokens as f64 / secs,
         });
         pb.inc(1);
     }
     pb.finish_and_clear();
     Ok(metrics)
+}
+
+/// The error of a training run that diverged at `step`. Nothing is published; the weights of the
+/// last good step (`last_good`: the weights its finite loss was computed on) are saved in Hugging
+/// Face layout into `recovery` (see [`cream_core::Store::recovery_dir`]), which the error names.
+fn diverged(
+    lm: &LoadedModel,
+    what: &str,
+    step: usize,
+    problem: &str,
+    last_good: Option<(usize, Vec<candle_core::Tensor>)>,
+    recovery: &Path,
+) -> anyhow::Error {
+    let head = format!("{what}: {problem} at step {step}; training stopped and nothing was published");
+    let Some((good, weights)) = last_good else {
+        return anyhow::anyhow!("{head}. The input model is the last good state (unchanged). Lower the learning rate.");
+    };
+    let saved = (|| -> Result<()> {
+        for ((_, var), w) in lm.model.named_vars().iter().zip(&weights) {
+            var.set(w)?;
+        }
+        if recovery.exists() {
+            std::fs::remove_dir_all(recovery).with_context(|| format!("cannot replace {}", recovery.display()))?;
+        }
+        std::fs::create_dir_all(recovery).with_context(|| format!("cannot create {}", recovery.display()))?;
+        cream_lm::save_hf_dir(&lm.model, &lm.tokenizer, recovery)
+    })();
+    match saved {
+        Ok(()) => anyhow::anyhow!(
+            "{head}. The last good weights (those of step {good}, the last with a finite loss) are \
+             saved in {} (a Hugging Face model directory, usable as --model). Lower the learning rate.",
+            recovery.display()
+        ),
+        Err(e) => anyhow::anyhow!("{head}. Saving the last good weights (step {good}) failed: {e:#}"),
+    }
 }
 
 fn publish(lm: &LoadedModel, metrics: &[MetricRow], dir: &Path) -> Result<ProduceOutput> {
@@ -122,11 +161,13 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = ArtifactSpec {
         stage: STAGE.into(),
-        schema_version: 1,
+        // 2: metrics.parquet v2 (no wall-clock column).
+        schema_version: 2,
         params: json!({"mode": "sft", "train": params(&p.sft)?}),
         inputs: vec![prompts.as_input("data"), model_in],
     };
     let t = p.sft.clone();
+    let recovery = ctx.store.recovery_dir(&spec);
     ctx.produce(spec, |dir| {
         let rows: Vec<PromptRow> = read_table(&prompts.path("sft.parquet")?)?;
         let lm = load_train_model(&model_path)?;
@@ -136,11 +177,21 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
                 let answer = r.answer.as_deref().with_context(|| {
                     format!("sft.parquet: row {} has no reference response in `answer`", r.prompt_id)
                 })?;
-                lm.tokenizer.encode_conversation(&r.prompt, answer)
+                let conv = lm.tokenizer.encode_conversation(&r.prompt, answer)?;
+                let context = lm.model.cfg.max_position_embeddings;
+                ensure!(
+                    conv.ids.len() <= context,
+                    "{}: row {}: prompt + answer are {} tokens, more than the model's context window \
+                     of {context}; shorten or drop that SFT example",
+                    prompts.dir.join("sft.parquet").display(),
+                    r.prompt_id,
+                    conv.ids.len()
+                );
+                Ok(conv)
             })
             .collect::<Result<_>>()?;
         let keys: Vec<String> = rows.iter().map(|r| r.prompt_id.clone()).collect();
-        let metrics = optimize(ctx, &lm, &keys, &t, "sft", |idx, weight, acc| {
+        let metrics = optimize(ctx, &lm, &keys, &t, "sft", &recovery, |idx, weight, acc| {
             let batch_convs: Vec<&Conversation> = idx.iter().map(|&i| &convs[i]).collect();
             let batch = TokenBatch::new(&lm.model, &batch_convs)?;
             let loss = sft_loss(&lm.model, &batch)?;
@@ -170,11 +221,13 @@ pub fn dpo(ctx: &Ctx, p: &Pipeline, pairs: &str, model: &Path) -> Result<Artifac
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = ArtifactSpec {
         stage: STAGE.into(),
-        schema_version: 1,
+        // 2: metrics.parquet v2 (no wall-clock column).
+        schema_version: 2,
         params: json!({"mode": "dpo", "train": params(&p.train)?}),
         inputs: vec![pairs.as_input("pairs"), reference.as_input("reference_scores"), model_in],
     };
     let t = p.train.clone();
+    let recovery = ctx.store.recovery_dir(&spec);
     ctx.produce(spec, |dir| {
         let rows: Vec<PairRow> = read_table(&pairs.path("pairs.parquet")?)?;
         ensure!(!rows.is_empty(), "{}: no preference pairs to train on", pairs.dir.display());
@@ -200,7 +253,7 @@ pub fn dpo(ctx: &Ctx, p: &Pipeline, pairs: &str, model: &Path) -> Result<Artifac
             ref_r.push(lookup(&r.prompt_id, r.rejected_idx)?);
         }
         let keys: Vec<String> = rows.iter().map(|r| r.prompt_id.clone()).collect();
-        let metrics = optimize(ctx, &lm, &keys, &t, "dpo", |idx, weight, acc| {
+        let metrics = optimize(ctx, &lm, &keys, &t, "dpo", &recovery, |idx, weight, acc| {
             let pick = |v: &[Conversation]| idx.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
             let (cc, rc) = (pick(&chosen), pick(&rejected));
             let cb = TokenBatch::new(&lm.model, &cc.iter().collect::<Vec<_>>())?;

@@ -447,7 +447,6 @@ fn train_artifact(ctx: &Ctx, steps: u64) -> Artifact {
             grad_norm: 1.0,
             lr: 1e-6,
             tokens: 10,
-            tokens_per_s: 1.0,
         })
         .collect();
     ctx.produce(spec, |dir| {
