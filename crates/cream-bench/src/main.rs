@@ -111,12 +111,8 @@ fn main() -> ExitCode {
 }
 
 fn init_threads(threads: Option<usize>) -> Result<usize> {
-    if let Some(n) = threads {
-        // candle's matmul reads RAYON_NUM_THREADS; set it before any thread exists.
-        // SAFETY: called first thing in main, while the process is single-threaded.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
-    }
+    // The same set-up as every stage binary (cream-cli's Common::init).
+    cream_lm::configure_threads(threads)?;
     Ok(rayon::current_num_threads())
 }
 
