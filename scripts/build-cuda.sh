@@ -72,18 +72,30 @@ build() {
     done
 }
 
+# The CUDA functions (by stub SONAME) among the linker's undefined symbols (GNU ld and lld wording;
+# lld stops at 20 errors) and, for the rest, among the undefined symbols of every rlib/archive in the
+# target dir (a superset of what the link needs; the unused stubs cost nothing).
+undefined_cuda() {
+    {
+        grep -oE "undefined (reference to \`|symbol: )[A-Za-z0-9_]+" "$log" | sed -E 's/.*[` ]//'
+        for f in "$CARGO_TARGET_DIR"/release/deps/*.rlib "$CARGO_TARGET_DIR"/release/build/*/out/*.a; do
+            [ -f "$f" ] && { nm -u --format=posix "$f" 2>/dev/null || true; } | cut -d' ' -f1
+        done
+    } | sort -u | awk '/^cublasLt/ { print "libcublasLt.so.13", $0; next }
+                       /^cublas/   { print "libcublas.so.13", $0; next }
+                       /^curand/   { print "libcurand.so.10", $0; next }
+                       /^nvrtc/    { print "libnvrtc.so.13", $0; next }
+                       /^cu[A-Z]/  { print "libcuda.so.1", $0; next }' |
+        grep -vxF -f <(grep -v '^#' scripts/cuda-stubs.txt) || true
+}
+
 say "CUDA_HOME=$CUDA_HOME CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CARGO_TARGET_DIR=$CARGO_TARGET_DIR RUSTFLAGS=\"$RUSTFLAGS\""
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 start=$(date +%s)
 if ! build "$log"; then
     # Undefined references to CUDA library functions: add them to the stub list and relink once.
-    new=$(grep -o "undefined reference to \`[A-Za-z0-9_]*'" "$log" | sed "s/.*\`\(.*\)'/\1/" | sort -u |
-        awk '/^cublasLt/ { print "libcublasLt.so.13", $0; next }
-             /^cublas/   { print "libcublas.so.13", $0; next }
-             /^curand/   { print "libcurand.so.10", $0; next }
-             /^nvrtc/    { print "libnvrtc.so.13", $0; next }
-             /^cu[A-Z]/  { print "libcuda.so.1", $0; next }' || true)
+    new=$(undefined_cuda)
     [ -n "$new" ] || { say "build failed (not on CUDA stubs): see above"; exit 1; }
     say "adding $(wc -l <<<"$new") undefined CUDA functions to scripts/cuda-stubs.txt and relinking"
     printf '%s\n' "$new" >>scripts/cuda-stubs.txt
