@@ -39,6 +39,12 @@ fuzz secs=env_var_or_default("FUZZ_SECS", "60"):
 # Where cargo puts binaries (.ci/run points CARGO_TARGET_DIR at a build cache).
 bin := env_var_or_default("CARGO_TARGET_DIR", "target") + "/release"
 
+# Args: packages or package:bin,bin (default: every package with a `cuda` feature); README "CUDA build".
+# Build the `cuda` feature (no GPU needed here) into dist/cuda/ for a GPU machine.
+[positional-arguments]
+build-cuda *args:
+    bash scripts/build-cuda.sh "$@"
+
 # SFT (M0 -> M1), then per iteration generate -> judge (current, previous) -> consistency ->
 # pair -> train, then eval of every M_t and a report. Every stage is cached: a rerun with nothing
 # changed is all cache hits. `just iterate pipeline=X` and `just iterate X` both name config X
