@@ -18,7 +18,8 @@
 #   CREAM_DEVICE  cuda (default) | cpu: a CPU rehearsal with a CPU build
 #   CREAM_SHAPE   the random shape (default llama3-8b-2l; empty: skip step 3)
 #   CREAM_REPEAT  measured runs per process (default 3); CREAM_COMMIT: the git commit, for the header
-#   CREAM_QUICK=1 tiny workloads (rehearsal); CREAM_WORKLOADS: run.py --workloads for the default model
+#   CREAM_QUICK=1 tiny workloads (rehearsal); CREAM_WORKLOADS: run.py --workloads for the default model;
+#   CREAM_SHAPE_WORKLOADS: the same for the random shape
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-bench/work/gpu}
@@ -77,7 +78,7 @@ step "default model: cream vs PyTorch on $DEVICE"
 if [[ -n $SHAPE ]]; then
     step "random $SHAPE: cream vs PyTorch on $DEVICE"
     "$PY" bench/run.py "${common[@]}" --random-shape "$SHAPE" --inputs "$WORK/inputs-$SHAPE.json" \
-        --workloads gen-b16,gen-b64,score,dpo --out "$OUT/results-gpu-$SHAPE.md" > /dev/null || rc=$?
+        --workloads "${CREAM_SHAPE_WORKLOADS:-gen-b16,gen-b64,score,dpo}" --out "$OUT/results-gpu-$SHAPE.md" > /dev/null || rc=$?
 fi
 step "done (golden $golden_rc, bench $rc)"
 cat "$OUT"/results-gpu-*.md 2>/dev/null | grep -E "^\| (gen|score|dpo)" || true

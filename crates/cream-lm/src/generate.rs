@@ -193,7 +193,8 @@ fn generate_batch(
     for step in 0..params.max_new_tokens {
         let h = frozen.forward_hidden(&input, &positions, &mask, Some(&mut cache))?;
         let t = h.dim(1)?;
-        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
+        // Contiguous: CUDA's matmul takes no strided operands.
+        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
         let logits = frozen.logits(&last)?.to_vec2::<f32>()?;
         let mut next = vec![0u32; b];
         for row in 0..b {
