@@ -253,7 +253,7 @@ impl TargetLogprobs {
 }
 
 /// `(max, log sum exp(x - max))` of a row, the sum in f64.
-fn row_lse(row: &[f32]) -> (f32, f64) {
+pub(crate) fn row_lse(row: &[f32]) -> (f32, f64) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
     (max, sum.ln())

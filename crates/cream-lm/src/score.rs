@@ -136,9 +136,8 @@ pub fn logprobs_of_targets(logits: &Tensor, targets: &[u32]) -> Result<Vec<f64>>
         .par_chunks(v)
         .zip(targets.par_iter())
         .map(|(row, &t)| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
-            f64::from(row[t as usize]) - f64::from(max) - sum.ln()
+            let (max, lse) = crate::fused::row_lse(row);
+            f64::from(row[t as usize]) - f64::from(max) - lse
         })
         .collect())
 }
