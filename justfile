@@ -46,51 +46,53 @@ build-cuda *args:
     bash scripts/build-cuda.sh "$@"
 
 # SFT (M0 -> M1), then per iteration generate -> judge (current, previous) -> consistency ->
-# pair -> train, then eval of every M_t and a report. Every stage is cached: a rerun with nothing
-# changed is all cache hits. `just iterate pipeline=X` and `just iterate X` both name config X
-# (just passes the former as the literal "pipeline=X").
+# pair -> train, then the consistency of the final models, eval of every M_t and a report
+# (scripts/iterate.sh). Every stage is cached: a rerun with nothing changed is all cache hits.
+# `just iterate pipeline=X` and `just iterate X` both name config X (just passes the former as
+# the literal "pipeline=X").
 
 # Run the self-rewarding loop of a pipeline config (default: the smoke pipeline).
 iterate pipeline="pipelines/smoke.toml": setup
+    bash scripts/iterate.sh {{ quote(trim_start_match(pipeline, "pipeline=")) }} {{ quote(bin) }}
+
+# The CREAM vs SRLM experiment (results/README.md). The two arms run side by side, one process
+# each with CREAM_EXPERIMENT_THREADS threads (default 1: two single-threaded processes keep both
+# cores of a 2-core machine busy); work identical in both arms is computed once (the first to
+# take an artifact's lock produces it, the other reuses it). Phases: both training loops, then
+# the log-likelihood evaluations (results written), then the generative ones (results rewritten).
+# Cached: an interrupted run resumes, a finished one reruns as all cache hits. Logs: OUT/logs/.
+experiment out="results": setup
     #!/usr/bin/env bash
     set -euo pipefail
-    cfg={{ quote(trim_start_match(pipeline, "pipeline=")) }}
     bin={{ quote(bin) }}
-    eval "$("$bin/cream-plan" --config "$cfg")"
-    run() { local out; out=$("$bin/$@") || exit 1; printf '%s\n' "$out" | tail -n 1; }
-    echo "== $name: M0 = $base, $iterations iteration(s)" >&2
-    prompts=$(run cream-prepare --config "$cfg")
-    m1=$(run cream-train sft --config "$cfg" --prompts "$prompts" --model "$base")
-    models=("$base" "$m1")
-    records=()
-    prev="$base"; cur="$m1"
-    for t in $(seq 1 "$iterations"); do
-        echo "== $name: iteration $t" >&2
-        gen=$(run cream-generate --config "$cfg" --prompts "$prompts" --model "$cur" --iteration "$t")
-        rcur=$(run cream-judge --config "$cfg" --samples "$gen" --mode dpo --policy "$cur" --reference "$base")
-        cons=""
-        if [ "$consistency" = 1 ]; then
-            if [ "$t" = 1 ]; then
-                rprev=$(run cream-judge --config "$cfg" --samples "$gen" --mode likelihood --policy "$base")
-            else
-                rprev=$(run cream-judge --config "$cfg" --samples "$gen" --mode dpo --policy "$prev" --reference "$base")
-            fi
-            cons=$(run cream-consistency --config "$cfg" --current "$rcur" --previous "$rprev")
-            pairs=$(run cream-pair --config "$cfg" --samples "$gen" --rewards "$rcur" --consistency "$cons")
-        else
-            pairs=$(run cream-pair --config "$cfg" --samples "$gen" --rewards "$rcur")
-        fi
-        next=$(run cream-train dpo --config "$cfg" --pairs "$pairs" --model "$cur")
-        records+=(--record "iteration=$t,consistency=$cons,pairs=$pairs,train=$next")
-        models+=("$next")
-        prev="$cur"; cur="$next"
-    done
-    echo "== $name: eval" >&2
-    for i in "${!models[@]}"; do
-        ev=$(run cream-eval --config "$cfg" --prompts "$prompts" --model "${models[$i]}")
-        records+=(--record "model=$i,eval=$ev")
-    done
-    "$bin/cream-report" --config "$cfg" "${records[@]}"
+    out={{ quote(out) }}
+    arms=(pipelines/experiment-cream.toml pipelines/experiment-srlm.toml)
+    mkdir -p "$out/logs"
+    phase() {
+        local until=$1 pids=() cfg
+        for cfg in "${arms[@]}"; do
+            local log="$out/logs/$(basename "$cfg" .toml).$until"
+            CREAM_ITERATE_UNTIL=$until RAYON_NUM_THREADS=${CREAM_EXPERIMENT_THREADS:-1} \
+                bash scripts/iterate.sh "$cfg" "$bin" >"$log.out" 2>"$log.err" &
+            pids+=($!)
+        done
+        for i in "${!pids[@]}"; do
+            wait "${pids[$i]}" || { echo "experiment: ${arms[$i]} failed in phase $until; see $out/logs/" >&2; exit 1; }
+        done
+        echo "experiment: phase $until done ($(date -u +%H:%M:%S))" >&2
+    }
+    compare() {
+        local reports=() cfg
+        for cfg in "${arms[@]}"; do
+            reports+=(--arm "$cfg=$(tail -n 1 "$out/logs/$(basename "$cfg" .toml).$1.out")")
+        done
+        "$bin/cream-experiment" --quiet "${reports[@]}" --out "$out"
+    }
+    phase loop
+    phase mc
+    compare mc
+    phase all
+    compare all
 
 # The per-iteration report of a pipeline run (reruns `iterate`, which is all cache hits).
 report pipeline="pipelines/smoke.toml": (iterate pipeline)

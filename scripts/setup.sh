@@ -13,6 +13,8 @@ MODEL=data/models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 SIQA=data/socialiqa/test.jsonl
 SIQA_SHA=33e5a7e1f8270934fcff115f18ca51aede77987d1225cf3ac718a22fb1715714
+QUARTZ=data/quartz/samples.jsonl
+QUARTZ_SHA=e439668cc38aa157bb1a746d9540f61f29d7f494a6618a955c8e3b5f55a363e7
 declare -A GSM_SHA=(
   [train.jsonl]=17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465
   [test.jsonl]=3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14
@@ -84,6 +86,13 @@ if ! present socialiqa "$SIQA" "$SIQA_SHA"; then
   whl=$(wheel evals 3.0.1.post1)
   unzip_member "$whl" evals/registry/data/theory_of_mind/socialiqa/test.jsonl "$TMP/siqa"
   publish socialiqa "$TMP/siqa" "$SIQA" "$SIQA_SHA"
+fi
+
+# b2. QuaRTz (multiple choice, evaluation only), from the same evals wheel (CC-BY-4.0)
+if ! present quartz "$QUARTZ" "$QUARTZ_SHA"; then
+  whl=$(wheel evals 3.0.1.post1)
+  unzip_member "$whl" evals/registry/data/quartz/samples.jsonl "$TMP/quartz"
+  publish quartz "$TMP/quartz" "$QUARTZ" "$QUARTZ_SHA"
 fi
 
 # c. GSM8K (MIT): the shared copy when there is one, else GitHub

@@ -288,15 +288,16 @@ pub fn rel_id(path: &str) -> String {
 }
 
 /// Asserts that the artifacts at `a` and `b` have the same id and byte-identical files (the
-/// manifest's run-dependent fields, wall time and creation time, aside).
+/// manifest's run-dependent fields, wall and CPU time, peak memory and creation time, aside).
 pub fn assert_same_artifact(label: &str, a: &str, b: &str) {
     assert_eq!(rel_id(a), rel_id(b), "{label}: same inputs, same artifact id");
     let manifest = |dir: &str| -> serde_json::Value {
         let mut m: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(Path::new(dir).join("manifest.json")).unwrap()).unwrap();
         let obj = m.as_object_mut().unwrap();
-        obj.remove("wall_time_s");
-        obj.remove("created_at");
+        for run_dependent in ["wall_time_s", "cpu_time_s", "peak_rss_mb", "created_at"] {
+            obj.remove(run_dependent);
+        }
         m
     };
     let (ma, mb) = (manifest(a), manifest(b));

@@ -16,6 +16,7 @@ pub mod loss;
 pub mod pairs;
 pub mod rank;
 pub mod split;
+pub mod stats;
 
 pub use consistency::{
     CMode, Method, PromptConsistency, dataset_c, kendall_tau_b, kendall_tau_ordinal,
@@ -28,7 +29,10 @@ pub use loss::{
 };
 pub use pairs::select_pair;
 pub use rank::ordinal_ranks;
-pub use split::{hash_fraction, prompt_id, split_evenly};
+pub use split::{hash_fraction, prompt_id, split_evenly, split_stratified};
+pub use stats::{
+    Interval, PairedDiff, SplitMix64, bootstrap_mean_ci, detectable_difference, paired_bootstrap_diff,
+};
 
 /// Why a function of this crate rejected its input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -46,3 +46,34 @@ pub fn split_evenly<T>(items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
         .map(|k| items.by_ref().take(base + usize::from(k < extra)).collect())
         .collect()
 }
+
+/// Splits `items` into `parts` chunks that each hold the same share of every stratum (the value of
+/// `stratum`, e.g. a prompt's task), so no chunk is confounded with one task: each stratum, in
+/// order of first appearance, is split with [`split_evenly`] and chunk `k` concatenates the
+/// strata's `k`-th pieces. Within a stratum the input order is kept, so a deterministic (hash)
+/// order of `items` gives a deterministic split. Per stratum, chunk sizes differ by at most one.
+///
+/// # Panics
+/// When `parts` is 0.
+pub fn split_stratified<T>(items: Vec<T>, parts: usize, stratum: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    assert!(parts > 0, "split_stratified: cannot split into 0 parts");
+    let mut names: Vec<String> = Vec::new();
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        let key = stratum(&item);
+        match names.iter().position(|n| n == key) {
+            Some(i) => groups[i].push(item),
+            None => {
+                names.push(key.to_owned());
+                groups.push(vec![item]);
+            }
+        }
+    }
+    let mut chunks: Vec<Vec<T>> = (0..parts).map(|_| Vec::new()).collect();
+    for group in groups {
+        for (chunk, piece) in chunks.iter_mut().zip(split_evenly(group, parts)) {
+            chunk.extend(piece);
+        }
+    }
+    chunks
+}

@@ -148,21 +148,10 @@ fn groups_rewards_ranks_tau_and_pairs() {
     assert_eq!(golden.groups.len(), 2);
     for g in &golden.groups {
         let name = &g.prompt;
-        let r1: Vec<f64> = g.responses.iter().map(|r| r.S_P1 - r.S_ref).collect();
-        let r2: Vec<f64> = g.responses.iter().map(|r| r.S_P2 - r.S_ref).collect();
-        for (k, r) in g.responses.iter().enumerate() {
-            assert_close(r1[k], r.r1, 1e-12, &format!("{name} r1[{k}]"));
-            assert_close(r2[k], r.r2, 1e-12, &format!("{name} r2[{k}]"));
-            assert_close(r1[k], g.r1[k], 1e-12, &format!("{name} group r1[{k}]"));
-            assert_close(r2[k], g.r2[k], 1e-12, &format!("{name} group r2[{k}]"));
-            let r1_f64 = r.S_P1_f64_model - r.S_ref_f64_model;
-            assert_close(
-                r1_f64,
-                r.r1_f64_model,
-                1e-12,
-                &format!("{name} r1_f64_model[{k}]"),
-            );
-        }
+        // The rewards themselves (r = S_policy - S_ref from our own log-prob sums) are checked
+        // against the golden r1/r2 in cream-lm (`golden::check_rewards`, which scores the golden
+        // token ids under the reference and both perturbed policies); this crate has no model, so
+        // it checks the pure functions downstream of the golden rewards.
         assert_eq!(ordinal_ranks(&g.r1).unwrap(), g.ranks_r1_ordinal, "{name}");
         assert_eq!(ordinal_ranks(&g.r2).unwrap(), g.ranks_r2_ordinal, "{name}");
         let tau = kendall_tau_ordinal(&g.r1, &g.r2).unwrap();

@@ -63,6 +63,12 @@ fn brute_tau_b(a: &[f64], b: &[f64]) -> Option<f64> {
     (n1 < n0 && n2 < n0).then(|| score / ((n0 - n1) * (n0 - n2)).sqrt())
 }
 
+/// -ln sigmoid(x) = -ln(1 / (1 + e^-x)) as written, without the softplus rearrangement; accurate
+/// to about 1e-15 relative for |x| <= 30 (the tests stay in that range).
+fn naive_neg_log_sigmoid(x: f64) -> f64 {
+    -(1.0 / (1.0 + (-x).exp())).ln()
+}
+
 proptest! {
     #[test]
     fn ordinal_ranks_match_definition(x in prop::collection::vec((-3i8..=3).prop_map(f64::from), 0..20)) {
@@ -109,9 +115,44 @@ proptest! {
     }
 
     #[test]
-    fn cdpo_is_conservative_dpo_with_eps_one_minus_c(d in -60.0f64..60.0, c in 0.0f64..=1.0) {
-        let (l, conservative) = (cdpo_loss_from_margin(d, c), conservative_dpo_loss(d, 1.0 - c));
-        prop_assert!((l - conservative).abs() <= 1e-12 * (1.0 + l.abs()), "{} vs {}", l, conservative);
+    fn cdpo_loss_matches_naive_definition(d in -30.0f64..30.0, c in 0.0f64..=1.0) {
+        // C (-ln sigmoid(D)) + (1 - C)(-ln sigmoid(-D)), written out directly.
+        let want = c * naive_neg_log_sigmoid(d) + (1.0 - c) * naive_neg_log_sigmoid(-d);
+        let l = cdpo_loss_from_margin(d, c);
+        prop_assert!((l - want).abs() <= 1e-12 * (1.0 + want.abs()), "D {} C {}: {} vs {}", d, c, l, want);
+        // Conservative DPO with label smoothing eps = 1 - C is the same loss by its own definition.
+        let eps = 1.0 - c;
+        let conservative = conservative_dpo_loss(d, eps);
+        let want_cons = (1.0 - eps) * naive_neg_log_sigmoid(d) + eps * naive_neg_log_sigmoid(-d);
+        prop_assert!((conservative - want_cons).abs() <= 1e-12 * (1.0 + want_cons.abs()), "{} vs {}", conservative, want_cons);
+    }
+
+    #[test]
+    fn cdpo_loss_known_values(d in -30.0f64..30.0, c in 0.0f64..=1.0) {
+        // D = 0: ln 2 for every C.
+        prop_assert!((cdpo_loss_from_margin(0.0, c) - std::f64::consts::LN_2).abs() < 1e-15);
+        // C = 1 is plain DPO, -ln sigmoid(D); C = 0 prefers the rejected response, -ln sigmoid(-D).
+        let dpo = naive_neg_log_sigmoid(d);
+        prop_assert!((cdpo_loss_from_margin(d, 1.0) - dpo).abs() <= 1e-12 * (1.0 + dpo), "{}", d);
+        let anti = naive_neg_log_sigmoid(-d);
+        prop_assert!((cdpo_loss_from_margin(d, 0.0) - anti).abs() <= 1e-12 * (1.0 + anti), "{}", d);
+        // C = 1/2 is symmetric in D.
+        prop_assert!((cdpo_loss_from_margin(d, 0.5) - cdpo_loss_from_margin(-d, 0.5)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cdpo_loss_is_minimal_at_logit_c(c in 0.01f64..0.99, h in 0.01f64..5.0) {
+        // For 0 < C < 1 the loss is strictly convex in D with its minimum where sigmoid(D) = C.
+        let d_star = (c / (1.0 - c)).ln();
+        let at = cdpo_loss_from_margin(d_star, c);
+        prop_assert!(at < cdpo_loss_from_margin(d_star - h, c), "C {}: not below at -{}", c, h);
+        prop_assert!(at < cdpo_loss_from_margin(d_star + h, c), "C {}: not below at +{}", c, h);
+        // The minimum value is the binary entropy of C (in nats).
+        let entropy = -c * c.ln() - (1.0 - c) * (1.0 - c).ln();
+        prop_assert!((at - entropy).abs() < 1e-12, "{} vs {}", at, entropy);
+        // dl/dD is negative below the minimum, zero at it and positive above.
+        prop_assert!(cdpo_dloss_dd(d_star - h, c) < 0.0 && cdpo_dloss_dd(d_star + h, c) > 0.0);
+        prop_assert!(cdpo_dloss_dd(d_star, c).abs() < 1e-12);
     }
 
     #[test]

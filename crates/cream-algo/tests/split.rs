@@ -1,6 +1,6 @@
 //! Prompt ids and splits.
 
-use cream_algo::{hash_fraction, prompt_id, split_evenly};
+use cream_algo::{hash_fraction, prompt_id, split_evenly, split_stratified};
 
 #[test]
 fn split_evenly_sizes_and_order() {
@@ -62,4 +62,39 @@ fn hash_fraction_is_deterministic_uniform_and_salted() {
         .iter()
         .filter(|id| hash_fraction(id, "other") != hash_fraction(id, "heldout"));
     assert_eq!(resalted.count(), ids.len());
+}
+
+#[test]
+fn split_stratified_gives_every_chunk_every_stratum() {
+    // A pool ordered as the prepare stage writes it: all of one task, then all of the other.
+    for (n_a, n_b) in [(8, 8), (7, 5), (64, 64), (3, 10), (1, 1)] {
+        for parts in 1..5 {
+            let pool: Vec<(&str, usize)> =
+                (0..n_a).map(|i| ("gsm8k", i)).chain((0..n_b).map(|i| ("socialiqa", i))).collect();
+            let chunks = split_stratified(pool.clone(), parts, |x| x.0);
+            assert_eq!(chunks.len(), parts);
+            for (task, n) in [("gsm8k", n_a), ("socialiqa", n_b)] {
+                let counts: Vec<usize> = chunks.iter().map(|c| c.iter().filter(|x| x.0 == task).count()).collect();
+                let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                assert!(max - min <= 1, "{task}: {n_a}+{n_b} into {parts}: {counts:?}");
+                assert_eq!(counts.iter().sum::<usize>(), n);
+            }
+            // Nothing lost or repeated; order kept within a stratum.
+            let mut all: Vec<_> = chunks.concat();
+            all.sort();
+            let mut want = pool.clone();
+            want.sort();
+            assert_eq!(all, want);
+            for c in &chunks {
+                for w in c.windows(2) {
+                    if w[0].0 == w[1].0 {
+                        assert!(w[0].1 < w[1].1, "order within a stratum kept: {c:?}");
+                    }
+                }
+            }
+        }
+    }
+    // The consecutive split this replaces puts one task per chunk.
+    let pool: Vec<(&str, u8)> = vec![("a", 0), ("a", 1), ("b", 0), ("b", 1)];
+    assert_eq!(split_stratified(pool, 2, |x| x.0), [vec![("a", 0), ("b", 0)], vec![("a", 1), ("b", 1)]]);
 }

@@ -17,7 +17,7 @@ pub mod store;
 
 pub use hash::{ArtifactId, InputRef, artifact_key, canonical_json, hash_bytes, hash_file};
 pub use schema::{
-    ConsistencyRow, EvalRow, JudgementRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow,
+    ChoiceRow, ConsistencyRow, EvalRow, McEvalRow, JudgementRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow,
     ScoreRow, Table, read_table, write_table,
 };
 pub use store::{

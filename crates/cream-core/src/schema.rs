@@ -490,6 +490,47 @@ tables! {
         pub correct: bool,
     }
 
+    #[table = "choices", version = 1]
+    /// One answer option of a multiple-choice evaluation item (`prepare`'s `mc.parquet`, one row
+    /// per option, options of an item consecutive and in letter order).
+    pub struct ChoiceRow {
+        /// The item's id (a prompt id of the question text).
+        pub item_id: String,
+        /// The task family, e.g. `"socialiqa"`.
+        pub task: String,
+        /// The text the options continue (lm-evaluation-harness style, e.g. `"Q: ...\nA:"`).
+        pub context: String,
+        /// The option's position (0 = A).
+        pub choice_idx: u32,
+        /// The option's text, without the leading space that joins it to the context.
+        pub choice: String,
+        /// Whether this option is the correct one (exactly one per item).
+        pub gold: bool,
+    }
+
+    #[table = "mc_eval", version = 1]
+    /// One multiple-choice item scored by log-likelihood under one model.
+    pub struct McEvalRow {
+        /// The item's id.
+        pub item_id: String,
+        /// The task family.
+        pub task: String,
+        /// Number of options.
+        pub n_choices: u32,
+        /// Index of the correct option.
+        pub gold: u32,
+        /// Argmax of the options' summed log-probs (first on ties).
+        pub pred: u32,
+        /// Argmax of the summed log-probs divided by the option's length in bytes (`acc_norm`).
+        pub pred_norm: u32,
+        /// `pred == gold`.
+        pub correct: bool,
+        /// `pred_norm == gold`.
+        pub correct_norm: bool,
+        /// Summed log-prob of the correct option.
+        pub gold_logprob: f64,
+    }
+
     #[table = "scores", version = 1]
     /// The teacher-forced score of one sample under one model.
     pub struct ScoreRow {

@@ -173,6 +173,13 @@ pub struct Manifest {
     pub backend: String,
     /// Seconds the stage's work took.
     pub wall_time_s: f64,
+    /// CPU seconds (user + system, all threads) the process spent on the stage's work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_s: Option<f64>,
+    /// The process's peak resident memory (MB) when the work finished (a high-water mark of the
+    /// whole process, which runs one stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
     /// When it was produced, RFC 3339 UTC.
     pub created_at: String,
     /// Free-form statistics of the stage.
@@ -339,6 +346,7 @@ impl Store {
         let mut guard = RemoveOnDrop(Some(tmp.clone()));
         failpoint(FAIL_BEFORE_OUTPUT);
         let started = Instant::now();
+        let cpu_started = process_cpu_seconds();
         let output = work(&tmp).map_err(|e| {
             let hint = if out_of_space(&e) {
                 "; the disk is full or a file-size limit was hit: free space (`just gc` removes \
@@ -359,6 +367,8 @@ impl Store {
             code_version: code_version.to_owned(),
             backend: backend.to_owned(),
             wall_time_s: started.elapsed().as_secs_f64(),
+            cpu_time_s: process_cpu_seconds().zip(cpu_started).map(|(end, start)| end - start),
+            peak_rss_mb: peak_rss_mb(),
             created_at: rfc3339(SystemTime::now()),
             extra: output.extra,
         };
@@ -801,4 +811,23 @@ mod tests {
             assert!(!is_file_name(bad), "{bad}");
         }
     }
+}
+
+/// User + system CPU seconds of this process so far (all threads); `None` where not available.
+fn process_cpu_seconds() -> Option<f64> {
+    rusage().map(|u| {
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        secs(u.ru_utime) + secs(u.ru_stime)
+    })
+}
+
+/// This process's peak resident set size in MB (Linux reports `ru_maxrss` in KiB).
+fn peak_rss_mb() -> Option<f64> {
+    rusage().map(|u| u.ru_maxrss as f64 / 1024.0)
+}
+
+fn rusage() -> Option<libc::rusage> {
+    // SAFETY: getrusage writes a plain C struct; a zeroed one is a valid initial value.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0).then_some(u)
 }

@@ -148,6 +148,8 @@ fn produce_publishes_then_hits_cache() {
     assert_eq!(m.files["notes.txt"].blake3, hash_bytes(b"hello"));
     assert_eq!(m.files["notes.txt"].bytes, 5);
     assert!(m.wall_time_s >= 0.0);
+    assert!(m.cpu_time_s.is_some_and(|c| c >= 0.0), "CPU seconds recorded: {:?}", m.cpu_time_s);
+    assert!(m.peak_rss_mb.is_some_and(|r| r > 1.0), "peak RSS recorded: {:?}", m.peak_rss_mb);
     assert!(
         m.created_at.len() == 20 && m.created_at.ends_with('Z'),
         "{}",
@@ -665,4 +667,28 @@ fn concurrent_writers_of_one_key_produce_once() {
         rewards()
     );
     assert!(temp_dirs(&store).is_empty());
+}
+
+/// The work's CPU time is measured around the work only: a stage that burns CPU records it.
+#[test]
+fn manifest_records_the_work_cpu_time() {
+    let (_tmp, store) = store();
+    // A fixed amount of work (not a time span: CPU time does not depend on machine load):
+    // 3e8 dependent multiply-adds take ~0.1 s of CPU on any current core.
+    let busy = |dir: &Path| {
+        let mut x = 0u64;
+        for _ in 0..300_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        work(dir)
+    };
+    let m = store.produce(&spec("busy"), "v1", "cpu", busy).unwrap().artifact.manifest;
+    let cpu = m.cpu_time_s.unwrap();
+    assert!(cpu >= 0.02, "3e8 multiply-adds recorded {cpu} CPU s");
+    // A manifest written before these fields existed still reads (they are optional).
+    let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
+    v.as_object_mut().unwrap().remove("cpu_time_s");
+    v.as_object_mut().unwrap().remove("peak_rss_mb");
+    let old: cream_core::Manifest = serde_json::from_value(v).unwrap();
+    assert_eq!((old.cpu_time_s, old.peak_rss_mb), (None, None));
 }

@@ -164,19 +164,103 @@ impl DpoCheck {
 /// `model.norm.weight` scaled by 1.01 in f32. The model is restored before returning (also on
 /// error).
 pub fn check_dpo(lm: &LoadedModel, golden: &Value) -> Result<Vec<DpoCheck>> {
-    let norm = lm
+    with_scaled(lm, P1_PARAM, P1_FACTOR, || dpo_cases(lm, golden))
+}
+
+/// Policy P1 of `smollm2_dpo.json`: `model.norm.weight` times 1.01 (as f32).
+const P1_PARAM: &str = "model.norm.weight";
+const P1_FACTOR: f32 = 1.01;
+/// Policy P2 of `smollm2_dpo.json`: `model.layers.10.self_attn.v_proj.weight` times 0.97 (as f32).
+const P2_PARAM: &str = "model.layers.10.self_attn.v_proj.weight";
+const P2_FACTOR: f32 = 0.97;
+
+/// Run `f` with parameter `name` of `lm` multiplied elementwise by `factor` in f32 (the golden
+/// file's perturbed policies), restoring the original values afterwards (also on error).
+fn with_scaled<T>(lm: &LoadedModel, name: &str, factor: f32, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let var = lm
         .model
         .named_vars()
         .iter()
-        .find(|(n, _)| n == "model.norm.weight")
-        .context("the model has no model.norm.weight")?
+        .find(|(n, _)| n == name)
+        .with_context(|| format!("the model has no {name}"))?
         .1
         .clone();
-    let original = norm.as_tensor().copy()?;
-    norm.set(&(norm.as_tensor() * f64::from(1.01f32))?)?;
-    let result = dpo_cases(lm, golden);
-    norm.set(&original)?;
+    let original = var.as_tensor().copy()?;
+    var.set(&(var.as_tensor() * f64::from(factor))?)?;
+    let result = f();
+    var.set(&original)?;
     result
+}
+
+/// How far cream's implicit rewards of the `smollm2_dpo.json` groups are from the golden ones
+/// (worst case over all responses). Every S here is computed by cream (scoring the golden token
+/// ids under the reference, P1 and P2), and r1 = S_P1 - S_ref, r2 = S_P2 - S_ref are formed from
+/// those sums before they are compared with the golden `r1` / `r2`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RewardCheck {
+    /// Responses compared (over all groups).
+    pub responses: usize,
+    /// Max |S_X(cream) - S_X(golden)| over X in {ref, P1, P2}.
+    pub max_sum_diff: f64,
+    /// Max |r(cream) - r(golden)| over r1 and r2, against both the per-response and the per-group
+    /// golden values.
+    pub max_reward_diff: f64,
+}
+
+impl RewardCheck {
+    /// At least one response, every S and every reward within [`SUM_LOGPROB_TOL`].
+    pub fn passes(&self) -> bool {
+        self.responses > 0 && self.max_sum_diff < SUM_LOGPROB_TOL && self.max_reward_diff < SUM_LOGPROB_TOL
+    }
+}
+
+/// Score every response of the `groups` of `smollm2_dpo.json` with `lm` under the reference model
+/// and under the golden policies P1 and P2 (see the file's `how`), and compare the sums and the
+/// implicit rewards r1 = S_P1 - S_ref, r2 = S_P2 - S_ref with the golden ones. The model is
+/// restored before returning (also on error).
+pub fn check_rewards(lm: &LoadedModel, golden: &Value, opts: ScoreOptions) -> Result<RewardCheck> {
+    let groups = golden["groups"].as_array().context("golden: no `groups`")?;
+    let mut convs = Vec::new();
+    let mut want = Vec::new(); // (S_ref, S_P1, S_P2, r1, r2, group r1, group r2) per response
+    for (gi, grp) in groups.iter().enumerate() {
+        let resp = grp["responses"].as_array().context("golden: group without responses")?;
+        let (gr1, gr2) = (f64s(&grp["r1"])?, f64s(&grp["r2"])?);
+        ensure!(
+            gr1.len() == resp.len() && gr2.len() == resp.len(),
+            "golden: group {gi} has {} responses but {} r1 and {} r2 values",
+            resp.len(),
+            gr1.len(),
+            gr2.len()
+        );
+        for (k, r) in resp.iter().enumerate() {
+            convs.push(Conversation { ids: u32s(&r["token_ids"])?, score_start: usize_field(r, "score_start")? });
+            want.push([
+                f64_field(r, "S_ref")?,
+                f64_field(r, "S_P1")?,
+                f64_field(r, "S_P2")?,
+                f64_field(r, "r1")?,
+                f64_field(r, "r2")?,
+                gr1[k],
+                gr2[k],
+            ]);
+        }
+    }
+    ensure!(!convs.is_empty(), "golden: the groups have no responses");
+    let sums = |scored: Vec<crate::score::Scored>| -> Vec<f64> { scored.into_iter().map(|s| s.sum).collect() };
+    let s_ref = sums(crate::score::score(&lm.model, &convs, opts)?);
+    let s_p1 = sums(with_scaled(lm, P1_PARAM, P1_FACTOR, || crate::score::score(&lm.model, &convs, opts))?);
+    let s_p2 = sums(with_scaled(lm, P2_PARAM, P2_FACTOR, || crate::score::score(&lm.model, &convs, opts))?);
+    let mut out = RewardCheck { responses: convs.len(), ..Default::default() };
+    for (i, w) in want.iter().enumerate() {
+        let (r1, r2) = (s_p1[i] - s_ref[i], s_p2[i] - s_ref[i]);
+        for (got, golden) in [(s_ref[i], w[0]), (s_p1[i], w[1]), (s_p2[i], w[2])] {
+            out.max_sum_diff = out.max_sum_diff.max((got - golden).abs());
+        }
+        for (got, golden) in [(r1, w[3]), (r2, w[4]), (r1, w[5]), (r2, w[6])] {
+            out.max_reward_diff = out.max_reward_diff.max((got - golden).abs());
+        }
+    }
+    Ok(out)
 }
 
 fn dpo_cases(lm: &LoadedModel, g: &Value) -> Result<Vec<DpoCheck>> {
@@ -230,4 +314,57 @@ fn dpo_cases(lm: &LoadedModel, g: &Value) -> Result<Vec<DpoCheck>> {
         out.push(DpoCheck { groups: group_ids, loss, golden_loss, loss_diff: (loss - golden_loss).abs(), max_rel_grad_diff: worst });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn repo_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// The default model (fetched by `just setup`) on the CPU.
+    fn default_model() -> LoadedModel {
+        let path = repo_root().join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(path.is_file(), "{} is missing: run `just setup` first", path.display());
+        crate::load(&path, &candle_core::Device::Cpu).unwrap()
+    }
+
+    /// The golden implicit rewards against rewards computed here: cream scores the golden groups'
+    /// token ids under the reference and the two perturbed policies, and r = S_policy - S_ref from
+    /// those sums must match the golden r1 / r2 (not the golden S values subtracted again).
+    #[test]
+    fn golden_rewards_match_cream_scoring() {
+        let lm = default_model();
+        let golden = read(&repo_root().join("../shared/golden/smollm2_dpo.json")).unwrap();
+        let before: Vec<Vec<f32>> = [P1_PARAM, P2_PARAM]
+            .iter()
+            .map(|name| {
+                let v = &lm.model.named_vars().iter().find(|(n, _)| n == name).unwrap().1;
+                v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+            })
+            .collect();
+        let check = check_rewards(&lm, &golden, ScoreOptions::default()).unwrap();
+        eprintln!("golden rewards: {check:?}");
+        assert_eq!(check.responses, 10);
+        assert!(check.passes(), "golden rewards: {check:?}");
+        // The perturbed parameters are restored exactly.
+        for (name, want) in [P1_PARAM, P2_PARAM].iter().zip(&before) {
+            let v = &lm.model.named_vars().iter().find(|(n, _)| n == name).unwrap().1;
+            let got: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            assert!(got == *want, "{name} was not restored");
+        }
+    }
+
+    #[test]
+    fn golden_reward_check_fails_outside_tolerance() {
+        let ok = RewardCheck { responses: 10, max_sum_diff: 0.5 * SUM_LOGPROB_TOL, max_reward_diff: 0.5 * SUM_LOGPROB_TOL };
+        assert!(ok.passes());
+        assert!(!RewardCheck { max_reward_diff: 2.0 * SUM_LOGPROB_TOL, ..ok.clone() }.passes());
+        assert!(!RewardCheck { max_sum_diff: 2.0 * SUM_LOGPROB_TOL, ..ok.clone() }.passes());
+        assert!(!RewardCheck { responses: 0, ..ok }.passes());
+    }
 }

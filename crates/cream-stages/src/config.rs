@@ -62,6 +62,14 @@ pub struct DataSection {
     /// Eval rows per task (0 = all).
     #[serde(default)]
     pub eval_per_task: usize,
+    /// QuaRTz as shipped in the evals package (optional): multiple-choice items for
+    /// log-likelihood evaluation only, never prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quartz: Option<PathBuf>,
+    /// Multiple-choice items per task scored by log-likelihood (`mc.parquet`; Social IQa from
+    /// the held-out rows, QuaRTz when given); 0 = all; unset = no multiple-choice items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mc_per_task: Option<usize>,
 }
 
 fn half() -> f64 {
@@ -222,6 +230,17 @@ pub struct EvalSection {
     /// (it counts the article "a"). Off by default.
     #[serde(default)]
     pub compat_last_letter: bool,
+    /// Tasks of `eval.parquet` graded by generation (empty = all), e.g. `["gsm8k"]` when the
+    /// multiple-choice tasks are scored by log-likelihood instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generate_tasks: Vec<String>,
+    /// Log-likelihood scoring of `mc.parquet`: padded tokens per forward pass.
+    #[serde(default = "default_mc_batch_tokens")]
+    pub mc_batch_tokens: usize,
+}
+
+fn default_mc_batch_tokens() -> usize {
+    4096
 }
 
 impl TrainSection {

@@ -78,12 +78,28 @@ fn summarize(rows: &[EvalRow]) -> serde_json::Value {
     let accuracy: BTreeMap<&str, f64> =
         tally.iter().map(|(&k, t)| (k, 100.0 * t.correct as f64 / t.n as f64)).collect();
     let mean = if accuracy.is_empty() { 0.0 } else { accuracy.values().sum::<f64>() / accuracy.len() as f64 };
+    let mut outcomes: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+    for r in rows {
+        outcomes.entry(&r.task).or_default().push(r.correct);
+    }
+    let intervals: BTreeMap<&str, serde_json::Value> =
+        outcomes.iter().map(|(&k, v)| (k, crate::eval_mc::accuracy_interval(v, 0))).collect();
     json!({
         "accuracy": accuracy,
+        "accuracy_ci95": intervals,
         "accuracy_mean": mean,
         "n": tally.iter().map(|(&k, t)| (k, t.n)).collect::<BTreeMap<_, _>>(),
         "unparsed": tally.iter().map(|(&k, t)| (k, t.unparsed)).collect::<BTreeMap<_, _>>(),
     })
+}
+
+/// The `[eval]` values that generative grading uses (the log-likelihood batch size is not one).
+fn generation_params(p: &Pipeline) -> Result<serde_json::Value> {
+    let mut v = params(&p.eval)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("mc_batch_tokens");
+    }
+    Ok(v)
 }
 
 /// The spec of the `eval` artifact of `model` (the input `model`) on `prompts` (shard `shard`;
@@ -92,7 +108,7 @@ pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, shard: Shard) -> 
     let spec = ArtifactSpec {
         stage: STAGE.into(),
         schema_version: 1,
-        params: json!({"eval": params(&p.eval)?, "max_prompt_tokens": p.generate.max_prompt_tokens}),
+        params: json!({"eval": generation_params(p)?, "max_prompt_tokens": p.generate.max_prompt_tokens}),
         inputs: vec![prompts.as_input("prompts"), model],
     };
     shard.spec(&spec)
@@ -100,12 +116,20 @@ pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, shard: Shard) -> 
 
 /// Statistics of the manifest `extra` that a merge sums over the shards (the accuracy statistics
 /// are recomputed from the merged rows).
-const SUMMED_EXTRA: [&str; 1] = ["truncated_prompts"];
+const SUMMED_EXTRA: [&str; 2] = ["truncated_prompts", "cut_off_responses"];
 
 /// The eval rows of `prompts` and their gold answers, checked before any generation.
-fn eval_rows(prompts: &Artifact) -> Result<Vec<PromptRow>> {
+/// Only the rows of `tasks` when it is not empty (`[eval] generate_tasks`).
+fn eval_rows(prompts: &Artifact, tasks: &[String]) -> Result<Vec<PromptRow>> {
     let rows: Vec<PromptRow> = read_table(&prompts.path("eval.parquet")?)?;
-    ensure!(!rows.is_empty(), "eval.parquet of {} has no rows", prompts.dir.display());
+    let rows: Vec<PromptRow> =
+        rows.into_iter().filter(|r| tasks.is_empty() || tasks.contains(&r.task)).collect();
+    ensure!(
+        !rows.is_empty(),
+        "eval.parquet of {} has no rows{}",
+        prompts.dir.display(),
+        if tasks.is_empty() { String::new() } else { format!(" of the tasks [eval] generate_tasks = {tasks:?}") }
+    );
     for r in &rows {
         let gold = r
             .answer
@@ -132,13 +156,14 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
     let e = p.eval.clone();
     ctx.produce(spec, |dir| {
         let rows: Vec<PromptRow> =
-            eval_rows(&prompts)?.into_iter().enumerate().filter(|(pos, _)| shard.keeps(*pos)).map(|(_, r)| r).collect();
+            eval_rows(&prompts, &p.eval.generate_tasks)?.into_iter().enumerate().filter(|(pos, _)| shard.keeps(*pos)).map(|(_, r)| r).collect();
         if rows.is_empty() {
             // More shards than eval rows: this shard has nothing to do.
             ctx.log(format!("eval: shard {shard} has no rows"));
             let n = write_table::<EvalRow>(&dir.join("eval.parquet"), &[])?;
             let mut extra = summarize(&[]);
             extra["truncated_prompts"] = json!(0);
+            extra["cut_off_responses"] = json!(0);
             return Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n));
         }
         let golds: Vec<&str> = rows.iter().map(|r| r.answer.as_deref().unwrap_or_default()).collect();
@@ -178,6 +203,10 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
         let n = write_table(&dir.join("eval.parquet"), &evals)?;
         let mut extra = summarize(&evals);
         extra["truncated_prompts"] = json!(truncated);
+        // Answers that hit `max_new_tokens` before the end-of-turn token: a high rate means the
+        // limit, not the model, decided the grade.
+        extra["cut_off_responses"] =
+            json!(outs.iter().filter(|o| o.finish == cream_lm::FinishReason::Length).count());
         for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
             ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
         }
@@ -197,7 +226,7 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&st
     let spec = spec(p, &prompts, model_in, Shard::ALL)?;
     let shards = shard::open_shards(ctx, &spec, shards)?;
     ctx.produce(spec, |dir| {
-        let rows = eval_rows(&prompts)?;
+        let rows = eval_rows(&prompts, &p.eval.generate_tasks)?;
         let mut position: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             ensure!(

@@ -14,18 +14,23 @@ use crate::shard::{self, Shard};
 
 pub const STAGE: &str = "generate";
 
-/// The prompts of iteration `t` (1-based): the pool split evenly across `iterations`.
+/// The prompts of iteration `t` (1-based): the pool split across `iterations` stratified by task,
+/// so every iteration gets the same task mix (each task's prompts, in pool order, split evenly).
 pub fn iteration_prompts(pool: Vec<PromptRow>, t: usize, iterations: usize) -> Result<Vec<PromptRow>> {
     ensure!(t >= 1 && t <= iterations, "iteration {t} is outside 1..={iterations}");
-    Ok(cream_algo::split_evenly(pool, iterations).swap_remove(t - 1))
+    Ok(cream_algo::split_stratified(pool, iterations, |r| r.task.as_str()).swap_remove(t - 1))
 }
+
+/// Output schema version: 2 since iterations take a stratified share of every task (version 1
+/// took consecutive chunks of the pool, one task per iteration on small pools).
+const SCHEMA_VERSION: u32 = 2;
 
 /// The spec of iteration `iteration`'s `generate` artifact from `prompts` and the model input
 /// `model` (shard `shard`; [`Shard::ALL`] is the unsharded spec).
 pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, iteration: usize, shard: Shard) -> Result<ArtifactSpec> {
     let spec = ArtifactSpec {
         stage: STAGE.into(),
-        schema_version: 1,
+        schema_version: SCHEMA_VERSION,
         params: json!({
             "generate": params(&p.generate)?,
             "seed": p.seed,
@@ -186,4 +191,41 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: us
         Ok(ProduceOutput { extra: shard::merged_extra(&shards, &SUMMED_EXTRA), ..Default::default() }
             .with_rows("samples.parquet", count))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(task: &str, i: usize) -> PromptRow {
+        PromptRow {
+            prompt_id: format!("{task}-{i}"),
+            source: task.into(),
+            task: task.into(),
+            prompt: format!("question {i}"),
+            answer: None,
+        }
+    }
+
+    /// Every iteration gets the same share of every task (prepare writes the pool task by task).
+    #[test]
+    fn every_iteration_gets_every_task_in_the_same_share() {
+        for (n_gsm, n_siqa, iterations) in [(4, 4, 2), (128, 128, 2), (96, 96, 3), (10, 30, 3)] {
+            let pool: Vec<PromptRow> =
+                (0..n_gsm).map(|i| row("gsm8k", i)).chain((0..n_siqa).map(|i| row("socialiqa", i))).collect();
+            let mut seen = std::collections::HashSet::new();
+            for t in 1..=iterations {
+                let rows = iteration_prompts(pool.clone(), t, iterations).unwrap();
+                for (task, n) in [("gsm8k", n_gsm), ("socialiqa", n_siqa)] {
+                    let got = rows.iter().filter(|r| r.task == task).count();
+                    let want = n as f64 / iterations as f64;
+                    assert!((got as f64 - want).abs() < 1.0, "iteration {t}: {got} {task} prompts, want ~{want}");
+                }
+                for r in rows {
+                    assert!(seen.insert(r.prompt_id.clone()), "{} in two iterations", r.prompt_id);
+                }
+            }
+            assert_eq!(seen.len(), n_gsm + n_siqa, "every prompt in some iteration");
+        }
+    }
 }

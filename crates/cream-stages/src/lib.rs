@@ -8,6 +8,8 @@ pub mod config;
 pub mod consistency;
 pub mod ctx;
 pub mod eval;
+pub mod eval_mc;
+pub mod experiment;
 pub mod generate;
 pub mod judge;
 pub mod pair;

@@ -10,8 +10,11 @@
 //! Columns: pipeline, iteration, c_mean, c_std, tau_mean, tie_rate (current model),
 //! tie_rate_prev, pairs, chosen_mean_len, rejected_mean_len, reward_accuracy and train_loss
 //! (means over the last 10% of training steps, all steps when there are fewer than 10),
-//! acc_<task> for gsm8k, socialiqa and any other task an eval artifact reports (sorted), acc_mean
-//! (mean over the tasks of that row).
+//! c_final and tau_final (last row only: the consistency of the final models M_T vs M_{T-1}),
+//! acc_<task> with its 95% bootstrap interval acc_<task>_lo / _hi for gsm8k, socialiqa and any
+//! other task an eval artifact reports (sorted), acc_mean (mean over the tasks of that row), and
+//! for log-likelihood (multiple-choice) evaluation mc_<task>, mc_<task>_lo / _hi and
+//! mc_<task>_norm (lm-evaluation-harness's acc and acc_norm, percent).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -42,6 +45,11 @@ pub struct IterationRecord {
     pub pairs: Option<String>,
     pub train: Option<String>,
     pub eval: Option<String>,
+    /// The log-likelihood (multiple-choice) eval artifact of this model.
+    pub mc: Option<String>,
+    /// On the last model's row: the consistency of the final models (the last iteration's
+    /// samples ranked by M_T and M_{T-1}).
+    pub final_consistency: Option<String>,
 }
 
 /// One report row before it becomes columns.
@@ -58,7 +66,12 @@ struct Row {
     rejected_mean_len: Option<f64>,
     reward_accuracy: Option<f64>,
     train_loss: Option<f64>,
-    accuracy: Vec<(String, f64)>,
+    c_final: Option<f64>,
+    tau_final: Option<f64>,
+    /// (task, accuracy %, 95% interval) of generative grading.
+    accuracy: Vec<(String, f64, Option<(f64, f64)>)>,
+    /// (task, acc %, interval, acc_norm %) of log-likelihood scoring.
+    mc: Vec<(String, f64, Option<(f64, f64)>, f64)>,
 }
 
 /// The report frame: one row per record, in the order given.
@@ -68,7 +81,8 @@ pub fn build(ctx: &Ctx, pipeline_name: &str, records: &[IterationRecord]) -> Res
         .map(|r| row(ctx, r).with_context(|| format!("report: iteration {}", r.iteration)))
         .collect::<Result<Vec<Row>>>()?;
     let mut tasks: BTreeSet<String> = DEFAULT_TASKS.iter().map(|t| t.to_string()).collect();
-    tasks.extend(rows.iter().flat_map(|r| r.accuracy.iter().map(|(t, _)| t.clone())));
+    tasks.extend(rows.iter().flat_map(|r| r.accuracy.iter().map(|(t, _, _)| t.clone())));
+    let mc_tasks: BTreeSet<String> = rows.iter().flat_map(|r| r.mc.iter().map(|(t, ..)| t.clone())).collect();
 
     let f = |name: &str, get: &dyn Fn(&Row) -> Option<f64>| {
         Column::new(name.into(), rows.iter().map(get).collect::<Vec<Option<f64>>>())
@@ -86,16 +100,26 @@ pub fn build(ctx: &Ctx, pipeline_name: &str, records: &[IterationRecord]) -> Res
         f("rejected_mean_len", &|r| r.rejected_mean_len),
         f("reward_accuracy", &|r| r.reward_accuracy),
         f("train_loss", &|r| r.train_loss),
+        f("c_final", &|r| r.c_final),
+        f("tau_final", &|r| r.tau_final),
     ];
     for task in &tasks {
-        columns.push(f(&format!("acc_{task}"), &|r| {
-            r.accuracy.iter().find(|(t, _)| t == task).map(|(_, a)| *a)
-        }));
+        let acc = |r: &Row| r.accuracy.iter().find(|(t, ..)| t == task).cloned();
+        columns.push(f(&format!("acc_{task}"), &|r| acc(r).map(|a| a.1)));
+        columns.push(f(&format!("acc_{task}_lo"), &|r| acc(r).and_then(|a| a.2).map(|ci| ci.0)));
+        columns.push(f(&format!("acc_{task}_hi"), &|r| acc(r).and_then(|a| a.2).map(|ci| ci.1)));
     }
     columns.push(f("acc_mean", &|r| {
         (!r.accuracy.is_empty())
-            .then(|| r.accuracy.iter().map(|(_, a)| a).sum::<f64>() / r.accuracy.len() as f64)
+            .then(|| r.accuracy.iter().map(|a| a.1).sum::<f64>() / r.accuracy.len() as f64)
     }));
+    for task in &mc_tasks {
+        let mc = |r: &Row| r.mc.iter().find(|(t, ..)| t == task).cloned();
+        columns.push(f(&format!("mc_{task}"), &|r| mc(r).map(|m| m.1)));
+        columns.push(f(&format!("mc_{task}_lo"), &|r| mc(r).and_then(|m| m.2).map(|ci| ci.0)));
+        columns.push(f(&format!("mc_{task}_hi"), &|r| mc(r).and_then(|m| m.2).map(|ci| ci.1)));
+        columns.push(f(&format!("mc_{task}_norm"), &|r| mc(r).map(|m| m.3)));
+    }
     Ok(DataFrame::new(rows.len(), columns)?)
 }
 
@@ -131,19 +155,44 @@ fn row(ctx: &Ctx, rec: &IterationRecord) -> Result<Row> {
         let a = ctx.open(path, TRAIN_STAGE)?;
         (row.train_loss, row.reward_accuracy) = final_metrics(&a)?;
     }
+    if let Some(path) = &rec.final_consistency {
+        let a = ctx.open(path, crate::consistency::STAGE)?;
+        let get = |k: &str| a.manifest.extra.get(k).and_then(Value::as_f64);
+        (row.c_final, row.tau_final) = (get("c_mean"), get("tau_mean"));
+    }
     if let Some(path) = &rec.eval {
         let a = ctx.open(path, EVAL_STAGE)?;
-        let acc = a.manifest.extra.get("accuracy").and_then(Value::as_object).with_context(|| {
+        let extra = &a.manifest.extra;
+        let acc = extra.get("accuracy").and_then(Value::as_object).with_context(|| {
             format!("eval artifact {}: its manifest has no extra.accuracy object", a.dir.display())
         })?;
         row.accuracy = acc
             .iter()
             .filter(|(task, _)| task.as_str() != "mean")
-            .filter_map(|(task, v)| v.as_f64().map(|v| (task.clone(), v)))
+            .filter_map(|(task, v)| v.as_f64().map(|v| (task.clone(), v, interval(&extra["accuracy_ci95"][task], "acc"))))
             .collect();
         row.accuracy.sort_by(|a, b| a.0.cmp(&b.0));
     }
+    if let Some(path) = &rec.mc {
+        let a = ctx.open(path, EVAL_STAGE)?;
+        let tasks = a.manifest.extra.get("tasks").and_then(Value::as_object).with_context(|| {
+            format!("eval artifact {}: not a log-likelihood eval (its manifest has no extra.tasks)", a.dir.display())
+        })?;
+        row.mc = tasks
+            .iter()
+            .filter_map(|(task, v)| {
+                let acc = v["acc"]["acc"].as_f64()?;
+                Some((task.clone(), acc, interval(&v["acc"], "acc"), v["acc_norm"]["acc"].as_f64().unwrap_or(f64::NAN)))
+            })
+            .collect();
+    }
     Ok(row)
+}
+
+/// The `(lo, hi)` of an interval object `{key, "lo", "hi"}` written by the eval stages.
+fn interval(v: &Value, key: &str) -> Option<(f64, f64)> {
+    v.get(key)?;
+    Some((v.get("lo")?.as_f64()?, v.get("hi")?.as_f64()?))
 }
 
 /// Mean loss and mean reward accuracy over the last 10% of a train artifact's steps (all steps

@@ -127,6 +127,23 @@ fn eval_stage_on_the_default_model() {
         let (extracted, correct) = cream_stages::eval::grade(&r.task, &r.response, &r.answer, false).unwrap();
         assert_eq!((&r.extracted, r.correct), (&extracted, correct), "{}: {:?}", r.prompt_id, r.response);
         assert!(r.extracted.is_some() || !r.correct);
+        // Independently of `grade`: correct exactly when the extracted answer equals the gold one
+        // (as a number for GSM8K, as a letter for Social IQa), and the extracted answer comes
+        // from the response.
+        let expected_correct = match (r.task.as_str(), r.extracted.as_deref()) {
+            (_, None) => false,
+            ("gsm8k", Some(e)) => {
+                assert!(r.response.replace(',', "").contains(e), "{}: {e:?} not in {:?}", r.prompt_id, r.response);
+                e.parse::<f64>().ok() == r.answer.parse::<f64>().ok()
+            }
+            ("socialiqa", Some(e)) => {
+                assert!(["A", "B", "C", "D"].contains(&e), "{}: extracted {e:?}", r.prompt_id);
+                assert!(r.response.to_ascii_uppercase().contains(e), "{}: {e:?} not in {:?}", r.prompt_id, r.response);
+                e == r.answer
+            }
+            (task, _) => panic!("unexpected task {task}"),
+        };
+        assert_eq!(r.correct, expected_correct, "{}: {:?} extracted {:?} gold {:?}", r.prompt_id, r.response, r.extracted, r.answer);
     }
 
     let extra = &a.manifest.extra;

@@ -72,6 +72,67 @@ fn samples_artifact_of(ctx: &Ctx, rows: Vec<SampleRow>) -> String {
     a.dir.to_string_lossy().into_owned()
 }
 
+/// The judge's tie rate by its definition, brute force: the fraction of distinct prompt ids for
+/// which two different samples (i != j) have exactly equal rewards; 0 for no rows.
+fn brute_tie_rate(rows: &[RewardRow]) -> f64 {
+    let mut prompts: Vec<&str> = rows.iter().map(|r| r.prompt_id.as_str()).collect();
+    prompts.sort_unstable();
+    prompts.dedup();
+    if prompts.is_empty() {
+        return 0.0;
+    }
+    let tied = prompts
+        .iter()
+        .filter(|&&p| {
+            let v: Vec<f64> = rows.iter().filter(|r| r.prompt_id == p).map(|r| r.reward).collect();
+            (0..v.len()).any(|i| (0..v.len()).any(|j| i != j && v[i] == v[j]))
+        })
+        .count();
+    tied as f64 / prompts.len() as f64
+}
+
+fn reward_row(prompt_id: &str, sample_idx: u32, reward: f64) -> RewardRow {
+    RewardRow {
+        prompt_id: prompt_id.into(),
+        sample_idx,
+        mode: "llm-judge".into(),
+        s_policy: reward,
+        s_ref: None,
+        n_scored: 2,
+        reward,
+    }
+}
+
+#[test]
+fn tie_rate_of_constructed_rewards() {
+    // Rows of 6 prompts, interleaved: "a" ties non-adjacent samples (1, 2, 1), "b" has none,
+    // "c" has one sample, "d" ties (2, 2), "e" ties at 0 = -0, "f" has distinct values only.
+    let rows = vec![
+        reward_row("a", 0, 1.0),
+        reward_row("b", 0, 1.0),
+        reward_row("a", 1, 2.0),
+        reward_row("c", 0, 0.5),
+        reward_row("b", 1, 2.0),
+        reward_row("d", 0, 2.0),
+        reward_row("a", 2, 1.0),
+        reward_row("e", 0, 0.0),
+        reward_row("f", 0, 4.5),
+        reward_row("b", 2, 3.0),
+        reward_row("d", 1, 2.0),
+        reward_row("e", 1, -0.0),
+        reward_row("f", 1, 4.0),
+    ];
+    // 3 of the 6 prompts (a, d, e) have a tie.
+    assert_eq!(brute_tie_rate(&rows), 0.5);
+    assert!((judge::tie_rate(&rows) - 0.5).abs() < 1e-12, "{}", judge::tie_rate(&rows));
+    // Subsets: no tie anywhere, a tie in every prompt, and no rows.
+    let untied: Vec<RewardRow> = rows.iter().filter(|r| ["b", "c", "f"].contains(&r.prompt_id.as_str())).cloned().collect();
+    assert_eq!((brute_tie_rate(&untied), judge::tie_rate(&untied)), (0.0, 0.0));
+    let tied: Vec<RewardRow> = rows.iter().filter(|r| ["a", "d"].contains(&r.prompt_id.as_str())).cloned().collect();
+    assert_eq!((brute_tie_rate(&tied), judge::tie_rate(&tied)), (1.0, 1.0));
+    assert_eq!((brute_tie_rate(&[]), judge::tie_rate(&[])), (0.0, 0.0));
+}
+
 #[test]
 fn llm_judge_mode_on_the_default_model() {
     let model = default_model();
@@ -136,7 +197,14 @@ fn llm_judge_mode_on_the_default_model() {
     let failures = judgements.iter().filter(|j| j.score.is_none()).count();
     assert_eq!(extra["judgements"], 8);
     assert!((extra["parse_failure_rate"].as_f64().unwrap() - failures as f64 / 8.0).abs() < 1e-12);
-    assert!((extra["tie_rate"].as_f64().unwrap() - judge::tie_rate(&rewards)).abs() < 1e-12);
+    // The tie rate by its definition, recomputed from the rewards table (not by judge::tie_rate).
+    let want_tie_rate = brute_tie_rate(&rewards);
+    assert!(
+        (extra["tie_rate"].as_f64().unwrap() - want_tie_rate).abs() < 1e-12,
+        "tie_rate {} != {want_tie_rate} for rewards {:?}",
+        extra["tie_rate"],
+        rewards.iter().map(|r| (&r.prompt_id, r.reward)).collect::<Vec<_>>()
+    );
     eprintln!("extra: {extra}");
 
     // Rerun: a cache hit (same artifact, not produced again).

@@ -57,6 +57,8 @@ fn data(train: PathBuf, test: PathBuf, socialiqa: PathBuf) -> DataSection {
         prompts_per_source: 0,
         sft_examples: 2,
         eval_per_task: 0,
+        quartz: None,
+        mc_per_task: None,
     }
 }
 

@@ -6,7 +6,8 @@ use clap::Parser;
 use cream_algo::CMode;
 
 /// Print `name`, `iterations`, `base` (M0) and `consistency` (1 if the loop ranks with the
-/// previous model, 0 for a fixed C such as SRLM) as shell assignments.
+/// previous model's consistency in the loss, 0 for a fixed C such as SRLM) and `mc` (1 if the
+/// prompts include multiple-choice items for log-likelihood evaluation) as shell assignments.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -25,5 +26,6 @@ fn main() -> Result<()> {
     println!("iterations={}", p.iterations);
     println!("base={}", quote(&p.model.base.to_string_lossy()));
     println!("consistency={}", u8::from(!matches!(p.pair.c_mode, CMode::Fixed(_))));
+    println!("mc={}", u8::from(p.data.mc_per_task.is_some()));
     Ok(())
 }

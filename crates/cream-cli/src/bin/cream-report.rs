@@ -1,7 +1,7 @@
 //! `cream-report`: one table per pipeline run, one row per model M_i (M0, M1 = SFT, then one per
 //! CREAM iteration): C mean/std, tau, tie rate, pairs, chosen/rejected lengths, reward accuracy,
-//! train loss, eval accuracy. Printed with polars, and published as a `report` artifact
-//! (report.parquet + report.md).
+//! train loss, eval accuracy with 95% intervals. Printed with polars, and published as a `report`
+//! artifact (report.parquet + report.md + PNG charts: accuracy.png, consistency.png, training.png).
 
 use std::collections::BTreeMap;
 
@@ -16,8 +16,9 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// `iteration=T,consistency=A,pairs=B,train=C` (the model trained in iteration T is M_{T+1})
-    /// or `model=I,eval=D`; repeat for every iteration and model.
+    /// `iteration=T,consistency=A,pairs=B,train=C` (the model trained in iteration T is M_{T+1}),
+    /// `model=I,eval=D[,mc=E]` (E: the `--method loglik` eval) or `final_consistency=F` (the last
+    /// iteration's samples ranked by M_T and M_{T-1}); repeat for every iteration and model.
     #[arg(long = "record")]
     records: Vec<String>,
     #[command(flatten)]
@@ -45,8 +46,13 @@ fn main() -> Result<()> {
     let (p, ctx) = cli.stage.init()?;
     let mut rows: BTreeMap<usize, IterationRecord> = BTreeMap::new();
     let some = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
+    let mut final_consistency = None;
     for r in &cli.records {
         let kv = parse(r)?;
+        if let Some(f) = kv.get("final_consistency") {
+            final_consistency = some(Some(f));
+            continue;
+        }
         let (model, is_iter) = match (kv.get("model"), kv.get("iteration")) {
             (Some(m), None) => (m.parse::<usize>()?, false),
             (None, Some(t)) => (t.parse::<usize>()? + 1, true),
@@ -59,21 +65,38 @@ fn main() -> Result<()> {
             row.train = some(kv.get("train"));
         } else {
             row.eval = some(kv.get("eval"));
+            row.mc = some(kv.get("mc"));
         }
+    }
+    if let Some(last) = rows.values_mut().next_back() {
+        last.final_consistency = final_consistency;
     }
     let records: Vec<IterationRecord> = rows.into_values().collect();
     let mut inputs = Vec::new();
     for r in &records {
-        for (role, path) in [("consistency", &r.consistency), ("pairs", &r.pairs), ("train", &r.train), ("eval", &r.eval)] {
+        for (role, path) in [
+            ("consistency", &r.consistency),
+            ("pairs", &r.pairs),
+            ("train", &r.train),
+            ("eval", &r.eval),
+            ("mc", &r.mc),
+            ("final_consistency", &r.final_consistency),
+        ] {
             if let Some(path) = path {
                 inputs.push(ctx.store.open_artifact(path, None)?.as_input(&format!("{role}{}", r.iteration)));
             }
         }
     }
-    let spec = ArtifactSpec { stage: "report".into(), schema_version: 1, params: json!({"name": p.name}), inputs };
+    // Version 2: charts, intervals, log-likelihood and final-consistency columns.
+    let spec = ArtifactSpec { stage: "report".into(), schema_version: 2, params: json!({"name": p.name}), inputs };
+    let run_inputs = spec.inputs.clone();
     let a = ctx.produce(spec, |dir| {
         let df = cream_stages::report::build(&ctx, &p.name, &records)?;
         cream_stages::report::write(&df, dir)?;
+        // Charts: accuracy per model with 95% intervals, consistency per iteration, training curves.
+        let run = cream_stages::experiment::read_run(&ctx.store, &p.name, &run_inputs)?;
+        let charts = cream_stages::experiment::draw(std::slice::from_ref(&run), dir)?;
+        ctx.log(format!("report: charts {}", charts.join(", ")));
         Ok(ProduceOutput::default().with_rows("report.parquet", df.height() as u64))
     })?;
     println!("{}", cream_stages::report::render(&a)?);
