@@ -37,7 +37,8 @@ fuzz secs=env_var_or_default("FUZZ_SECS", "60"):
     FUZZ_SECS={{ secs }} cargo test --release -p cream-lm --test fuzz_chat -- --test-threads 1 --nocapture
 
 # Where cargo puts binaries (.ci/run points CARGO_TARGET_DIR at a build cache).
-bin := env_var_or_default("CARGO_TARGET_DIR", "target") + "/release"
+# CREAM_BIN overrides it (e.g. a copy of the binaries, so a long run is not affected by rebuilds).
+bin := env_var_or_default("CREAM_BIN", env_var_or_default("CARGO_TARGET_DIR", "target") + "/release")
 
 # Args: packages or package:bin,bin (default: every package with a `cuda` feature); README "CUDA build".
 # Build the `cuda` feature (no GPU needed here) into dist/cuda/ for a GPU machine.
@@ -69,12 +70,13 @@ experiment out="results": setup
     arms=(pipelines/experiment-cream.toml pipelines/experiment-srlm.toml)
     mkdir -p "$out/logs"
     phase() {
-        local until=$1 pids=() cfg
+        local until=$1 pids=() cfg order=forward
         for cfg in "${arms[@]}"; do
             local log="$out/logs/$(basename "$cfg" .toml).$until"
-            CREAM_ITERATE_UNTIL=$until RAYON_NUM_THREADS=${CREAM_EXPERIMENT_THREADS:-1} \
+            CREAM_ITERATE_UNTIL=$until CREAM_EVAL_ORDER=$order RAYON_NUM_THREADS=${CREAM_EXPERIMENT_THREADS:-1} \
                 bash scripts/iterate.sh "$cfg" "$bin" >"$log.out" 2>"$log.err" &
             pids+=($!)
+            order=reverse # the second arm evaluates its models last first (see scripts/iterate.sh)
         done
         for i in "${!pids[@]}"; do
             wait "${pids[$i]}" || { echo "experiment: ${arms[$i]} failed in phase $until; see $out/logs/" >&2; exit 1; }

@@ -8,7 +8,9 @@
 #   nothing changed is all cache hits.
 # Env: CREAM_ITERATE_UNTIL=loop|mc|all (default all): stop after the training loop (and the final
 #   consistency; no report), report after the log-likelihood evaluations (no generative ones), or
-#   run everything. CREAM_ARTIFACTS: the store.
+#   run everything. CREAM_EVAL_ORDER=reverse evaluates the models last first (two runs that share
+#   M0 and M1, started side by side, then evaluate different models at the same time instead of
+#   one waiting on the other's lock). CREAM_ARTIFACTS: the store.
 set -euo pipefail
 cfg=$1
 bin=${2:-${CARGO_TARGET_DIR:-target}/release}
@@ -54,17 +56,21 @@ final=$(run cream-consistency --config "$cfg" --current "$rfinal" --previous "$l
 records+=(--record "final_consistency=$final")
 if [ "$until" = loop ]; then exit 0; fi
 
+order=("${!models[@]}")
+if [ "${CREAM_EVAL_ORDER:-forward}" = reverse ]; then
+    order=(); for ((i = ${#models[@]} - 1; i >= 0; i--)); do order+=("$i"); done
+fi
 mc_evals=()
 if [ "$mc" = 1 ]; then
     echo "== $name: log-likelihood evaluation" >&2
-    for i in "${!models[@]}"; do
+    for i in "${order[@]}"; do
         mc_evals[i]=$(run cream-eval --config "$cfg" --prompts "$prompts" --model "${models[$i]}" --method loglik)
     done
 fi
 gen_evals=()
 if [ "$until" = all ]; then
     echo "== $name: generative evaluation" >&2
-    for i in "${!models[@]}"; do
+    for i in "${order[@]}"; do
         gen_evals[i]=$(run cream-eval --config "$cfg" --prompts "$prompts" --model "${models[$i]}")
     done
 fi

@@ -237,6 +237,10 @@ pub struct EvalSection {
     /// Log-likelihood scoring of `mc.parquet`: padded tokens per forward pass.
     #[serde(default = "default_mc_batch_tokens")]
     pub mc_batch_tokens: usize,
+    /// Log-likelihood scoring: at most this many items of a task (the first ones of `mc.parquet`,
+    /// which is in a hash order), e.g. `{ quartz = 200 }`; tasks not listed: all items.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mc_items_per_task: std::collections::BTreeMap<String, usize>,
 }
 
 fn default_mc_batch_tokens() -> usize {

@@ -98,6 +98,7 @@ fn generation_params(p: &Pipeline) -> Result<serde_json::Value> {
     let mut v = params(&p.eval)?;
     if let Some(o) = v.as_object_mut() {
         o.remove("mc_batch_tokens");
+        o.remove("mc_items_per_task");
     }
     Ok(v)
 }

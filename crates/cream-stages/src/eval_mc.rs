@@ -36,7 +36,11 @@ pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef) -> ArtifactSpec {
     ArtifactSpec {
         stage: crate::eval::STAGE.into(),
         schema_version: 1,
-        params: json!({"method": METHOD, "mc_batch_tokens": p.eval.mc_batch_tokens}),
+        params: if p.eval.mc_items_per_task.is_empty() {
+            json!({"method": METHOD, "mc_batch_tokens": p.eval.mc_batch_tokens})
+        } else {
+            json!({"method": METHOD, "mc_batch_tokens": p.eval.mc_batch_tokens, "mc_items_per_task": p.eval.mc_items_per_task})
+        },
         inputs: vec![prompts.as_input("prompts"), model],
     }
 }
@@ -77,6 +81,21 @@ fn items<'a>(rows: &'a [ChoiceRow], file: &str) -> Result<Vec<Item<'a>>> {
         i = j;
     }
     Ok(out)
+}
+
+/// The first `limits[task]` items of each task listed in `limits` (all items of other tasks),
+/// in table order.
+fn limit<'a>(items: Vec<Item<'a>>, limits: &BTreeMap<String, usize>) -> Vec<Item<'a>> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    items
+        .into_iter()
+        .filter(|it| {
+            let task = &it.rows[0].task;
+            let n = seen.entry(task.clone()).or_default();
+            *n += 1;
+            limits.get(task).is_none_or(|&max| *n <= max)
+        })
+        .collect()
 }
 
 /// The scored sequence of `context` continued by `" " + choice` (lm-evaluation-harness's
@@ -178,14 +197,14 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
             !rows.is_empty(),
             "{file} has no multiple-choice items; set [data] mc_per_task in the pipeline config to evaluate by log-likelihood"
         );
-        let items = items(&rows, &file)?;
+        let items = limit(items(&rows, &file)?, &p.eval.mc_items_per_task);
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
-        let convs = rows
+        let convs = items
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
+            .flat_map(|it| &it.rows)
+            .map(|r| {
                 encode_choice(&lm.tokenizer, &r.context, &r.choice)
-                    .with_context(|| format!("{file} row {}: item {} option {}", i + 1, r.item_id, r.choice_idx))
+                    .with_context(|| format!("{file}: item {} option {}", r.item_id, r.choice_idx))
             })
             .collect::<Result<Vec<_>>>()?;
         let opts = ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() };
@@ -246,6 +265,24 @@ mod tests {
         // Ties go to the first option.
         let r = grade(&items[0], &[-2.0, -2.0]);
         assert_eq!(r.pred, 0);
+    }
+
+    #[test]
+    fn item_limits_per_task_keep_the_first_items() {
+        let mut rows = Vec::new();
+        for (task, n) in [("socialiqa", 3), ("quartz", 4)] {
+            for i in 0..n {
+                let id = format!("{task}{i}");
+                for k in 0..2u32 {
+                    rows.push(ChoiceRow { task: task.into(), ..choice(&id, k, "x", k == 0) });
+                }
+            }
+        }
+        let all = items(&rows, "mc.parquet").unwrap();
+        assert_eq!(all.len(), 7);
+        let limits = BTreeMap::from([("quartz".to_string(), 2)]);
+        let kept: Vec<String> = limit(all, &limits).iter().map(|it| it.rows[0].item_id.clone()).collect();
+        assert_eq!(kept, ["socialiqa0", "socialiqa1", "socialiqa2", "quartz0", "quartz1"]);
     }
 
     #[test]

@@ -472,7 +472,12 @@ fn eval_artifact(ctx: &Ctx, gsm8k: f64, socialiqa: f64) -> Artifact {
     ctx.produce(spec, |dir| {
         std::fs::write(dir.join("eval.parquet"), b"not read by the report")?;
         Ok(ProduceOutput {
-            extra: json!({"accuracy": {"gsm8k": gsm8k, "socialiqa": socialiqa}, "accuracy_mean": (gsm8k + socialiqa) / 2.0}),
+            extra: json!({
+                "accuracy": {"gsm8k": gsm8k, "socialiqa": socialiqa},
+                "accuracy_mean": (gsm8k + socialiqa) / 2.0,
+                // An interval for one task only: the other's bounds stay null.
+                "accuracy_ci95": {"gsm8k": {"acc": gsm8k, "lo": gsm8k - 5.0, "hi": gsm8k + 4.0}},
+            }),
             ..Default::default()
         })
     })
@@ -508,7 +513,8 @@ fn report_gathers_one_row_per_iteration() {
         names,
         [
             "pipeline", "iteration", "c_mean", "c_std", "tau_mean", "tie_rate", "tie_rate_prev", "pairs",
-            "chosen_mean_len", "rejected_mean_len", "reward_accuracy", "train_loss", "acc_gsm8k", "acc_socialiqa",
+            "chosen_mean_len", "rejected_mean_len", "reward_accuracy", "train_loss", "c_final", "tau_final",
+            "acc_gsm8k", "acc_gsm8k_lo", "acc_gsm8k_hi", "acc_socialiqa", "acc_socialiqa_lo", "acc_socialiqa_hi",
             "acc_mean",
         ]
     );
@@ -528,7 +534,11 @@ fn report_gathers_one_row_per_iteration() {
     assert!(loss[0].is_none() && close(loss[1].unwrap(), 1.0 - 0.185), "{loss:?}");
     assert_eq!(f("acc_gsm8k"), [Some(40.0), Some(45.0), None]);
     assert_eq!(f("acc_socialiqa"), [Some(50.0), Some(60.0), None]);
+    assert_eq!(f("acc_gsm8k_lo"), [Some(35.0), Some(40.0), None]);
+    assert_eq!(f("acc_gsm8k_hi"), [Some(44.0), Some(49.0), None]);
+    assert_eq!(f("acc_socialiqa_lo"), [None, None, None]);
     assert_eq!(f("acc_mean"), [Some(45.0), Some(52.5), None]);
+    assert_eq!(f("c_final"), [None, None, None]);
 
     let out = tmp.path().join("report");
     report::write(&df, &out).unwrap();
@@ -536,7 +546,7 @@ fn report_gathers_one_row_per_iteration() {
     let lines: Vec<&str> = md.lines().collect();
     assert_eq!(lines.len(), 5, "{md}");
     assert!(lines[0].starts_with("| pipeline | iteration | c_mean |"), "{md}");
-    assert!(lines[2].starts_with("| test | 0 | - | - |") && lines[2].ends_with("| 40.0000 | 50.0000 | 45.0000 |"), "{md}");
+    assert!(lines[2].starts_with("| test | 0 | - | - |") && lines[2].ends_with("| 40.0000 | 35.0000 | 44.0000 | 50.0000 | - | - | 45.0000 |"), "{md}");
     let back = read_parquet(&out.join("report.parquet"));
     assert!(back == df, "{back}\n{df}");
     // Printing the frame works (the binary prints it).

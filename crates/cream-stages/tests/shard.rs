@@ -35,6 +35,9 @@ fn pipeline() -> Pipeline {
         *path = root.join(&*path);
         assert!(path.is_file(), "data file {} is missing; run `just setup`", path.display());
     }
+    if let Some(quartz) = &mut p.data.quartz {
+        *quartz = root.join(&*quartz);
+    }
     p.validate().expect("overridden pipeline is valid");
     p
 }
@@ -75,12 +78,13 @@ fn merged_shards_equal_the_unsharded_artifacts() {
     let prompts_a = dir(&prepare::run(&a, &p.data).unwrap());
     let prompts_b = dir(&prepare::run(&b, &p.data).unwrap());
     let gen_a = timed("generate unsharded", || generate::run(&a, &p, &prompts_a, model, 1, Shard::ALL).unwrap());
-    assert_eq!(gen_a.manifest.extra["prompts"], 3, "3 prompts in iteration 1");
+    // 3 GSM8K + 3 Social IQa prompts over 2 iterations, stratified: 2 + 2 in iteration 1.
+    assert_eq!(gen_a.manifest.extra["prompts"], 4, "4 prompts in iteration 1");
     assert!(gen_a.manifest.params.get("shard").is_none(), "an unsharded run's key has no shard");
     let g0 = timed("generate 0/2", || generate::run(&b, &p, &prompts_b, model, 1, shard("0/2")).unwrap());
     let g1 = timed("generate 1/2", || generate::run(&b, &p, &prompts_b, model, 1, shard("1/2")).unwrap());
     assert_eq!(g0.manifest.params["shard"], "0/2");
-    assert_eq!((g0.manifest.extra["prompts"].as_u64(), g1.manifest.extra["prompts"].as_u64()), (Some(2), Some(1)));
+    assert_eq!((g0.manifest.extra["prompts"].as_u64(), g1.manifest.extra["prompts"].as_u64()), (Some(2), Some(2)));
     assert_ne!(g0.id(), gen_a.id());
     let gen_b =
         timed("generate merge", || generate::merge(&b, &p, &prompts_b, model, 1, &[&dir(&g1), &dir(&g0)]).unwrap());
@@ -115,7 +119,7 @@ fn merged_shards_equal_the_unsharded_artifacts() {
     let s1 = timed("score 1/2", || judge::score_shard(&b, &gen_b, model, bt, shard("1/2")).unwrap());
     assert_eq!(
         (s0.manifest.files["scores.parquet"].rows, s1.manifest.files["scores.parquet"].rows),
-        (Some(4), Some(2))
+        (Some(4), Some(4))
     );
     let sc_b = timed("score merge", || judge::merge_scores(&b, &gen_b, model, bt, &[&dir(&s0), &dir(&s1)]).unwrap());
     assert_eq!(sc_b.id(), sc_a.id(), "merged score artifact has the unsharded id");
@@ -144,22 +148,22 @@ fn merged_shards_equal_the_unsharded_artifacts() {
     let e = err_text(judge::merge_scores(&b, &gen_b, model, bt, &[]));
     assert!(e.contains("nothing to merge"), "{e}");
 
-    // --- more shards than prompts: 4 shards of 3 prompts, the last one empty, in a third store
+    // --- more shards than prompts: 5 shards of 4 prompts, the last one empty, in a third store
     // that holds a copy of the samples (shared storage).
     let tmp_c = tempfile::tempdir().unwrap();
     let c = Ctx::new(tmp_c.path(), true).unwrap();
     let gen_c_dir = tmp_c.path().join("generate").join(gen_b.id().as_str());
     copy_dir(&gen_b.dir, &gen_c_dir);
     let gen_c = c.open(&gen_c_dir.to_string_lossy(), generate::STAGE).unwrap();
-    let quarters: Vec<Artifact> = timed("score 4 shards", || {
-        (0..4).map(|k| judge::score_shard(&c, &gen_c, model, bt, Shard::new(k, 4).unwrap()).unwrap()).collect()
+    let quarters: Vec<Artifact> = timed("score 5 shards", || {
+        (0..5).map(|k| judge::score_shard(&c, &gen_c, model, bt, Shard::new(k, 5).unwrap()).unwrap()).collect()
     });
-    assert_eq!(quarters[3].manifest.files["scores.parquet"].rows, Some(0), "shard 3/4 of 3 prompts is empty");
+    assert_eq!(quarters[4].manifest.files["scores.parquet"].rows, Some(0), "shard 4/5 of 4 prompts is empty");
     let paths: Vec<String> = quarters.iter().rev().map(dir).collect();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let sc_c = judge::merge_scores(&c, &gen_c, model, bt, &paths).unwrap();
     assert_eq!(sc_c.id(), sc_a.id());
-    assert_eq!(bytes(&sc_c, "scores.parquet"), bytes(&sc_a, "scores.parquet"), "4-way merge differs");
+    assert_eq!(bytes(&sc_c, "scores.parquet"), bytes(&sc_a, "scores.parquet"), "5-way merge differs");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
