@@ -38,12 +38,8 @@ struct Group {
 struct Response {
     S_ref: f64,
     S_P1: f64,
-    S_P2: f64,
-    r1: f64,
-    r2: f64,
     S_ref_f64_model: f64,
     S_P1_f64_model: f64,
-    r1_f64_model: f64,
 }
 
 #[derive(Deserialize)]

@@ -367,7 +367,9 @@ impl Store {
             code_version: code_version.to_owned(),
             backend: backend.to_owned(),
             wall_time_s: started.elapsed().as_secs_f64(),
-            cpu_time_s: process_cpu_seconds().zip(cpu_started).map(|(end, start)| end - start),
+            // Rounded to microseconds (the clock's resolution), so the value survives a JSON round
+            // trip exactly (a manifest read back equals the one written).
+            cpu_time_s: process_cpu_seconds().zip(cpu_started).map(|(end, start)| ((end - start) * 1e6).round() / 1e6),
             peak_rss_mb: peak_rss_mb(),
             created_at: rfc3339(SystemTime::now()),
             extra: output.extra,

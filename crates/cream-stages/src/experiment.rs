@@ -66,7 +66,16 @@ pub struct IterationRun {
     pub t: usize,
     pub consistency: ConsistencyStats,
     pub pairs: u64,
+    /// Mean C the pairs carried into the loss (1 for plain DPO).
+    pub pair_c: Option<f64>,
     pub metrics: Vec<MetricRow>,
+}
+
+/// The smallest value the conservative DPO loss can reach for consistency `c`: the binary
+/// entropy H(c) in nats, at the margin D = logit(c) (0 for plain DPO, c = 1; ln 2 at c = 1/2).
+pub fn loss_floor(c: f64) -> f64 {
+    let h = |p: f64| if p <= 0.0 { 0.0 } else { -p * p.ln() };
+    h(c) + h(1.0 - c)
 }
 
 /// Cost of one artifact.
@@ -167,12 +176,15 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
             Some(c) => consistency_stats(store, &c)?,
             None => ConsistencyStats::default(),
         };
-        let pairs = match role(&format!("pairs{}", t + 1)).transpose()? {
-            Some(p) => p.manifest.files.get(crate::pair::FILE).and_then(|f| f.rows).unwrap_or(0),
-            None => 0,
+        let (pairs, pair_c) = match role(&format!("pairs{}", t + 1)).transpose()? {
+            Some(p) => (
+                p.manifest.files.get(crate::pair::FILE).and_then(|f| f.rows).unwrap_or(0),
+                p.manifest.extra.get("c_mean").and_then(|v| v.as_f64()),
+            ),
+            None => (0, None),
         };
         let metrics: Vec<MetricRow> = read_table(&train.path(crate::report::METRICS_FILE)?)?;
-        iterations.push(IterationRun { t, consistency, pairs, metrics });
+        iterations.push(IterationRun { t, consistency, pairs, pair_c, metrics });
     }
     let final_consistency = role("final_consistency").transpose()?.map(|c| consistency_stats(store, &c)).transpose()?;
     let costs = stage_costs(store, inputs)?;
@@ -426,26 +438,31 @@ pub fn consistency_table(arms: &[ArmRun]) -> String {
     s
 }
 
-/// Training summary per arm and iteration: steps, pairs, first and last loss, margin, accuracy.
+/// Training summary per arm and iteration: pairs, the C they carried, the lowest loss that C
+/// allows (H(C), reached at beta * margin = logit(C)), steps, first and last loss, margin,
+/// accuracy. A conservative-DPO loss near H(C) is a converged one, not a policy that did not move.
 pub fn training_table(arms: &[ArmRun]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| arm | iteration | pairs | steps | loss step 1 | loss last 10% | reward margin last 10% | pair accuracy last 10% |"
+        "| arm | iteration | pairs | C in the loss | loss floor H(C) | steps | loss step 1 | loss last 10% | reward margin last 10% | logit(C) | pair accuracy last 10% |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for arm in arms {
         for it in &arm.iterations {
             let m = &it.metrics;
             let k = if m.len() < 10 { m.len() } else { m.len().div_ceil(10) };
             let tail = &m[m.len() - k..];
             let mean = |f: fn(&MetricRow) -> f64| tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64;
+            let c = it.pair_c.unwrap_or(f64::NAN);
+            let logit = if c >= 1.0 { "inf".to_string() } else { format!("{:.3}", (c / (1.0 - c)).ln()) };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.3} |",
+                "| {} | {} | {} | {c:.3} | {:.4} | {} | {:.4} | {:.4} | {:.4} | {logit} | {:.3} |",
                 arm.name,
                 it.t,
                 it.pairs,
+                loss_floor(c),
                 m.len(),
                 m.first().map_or(f64::NAN, |r| r.loss),
                 mean(|r| r.loss),
@@ -707,4 +724,21 @@ pub fn claims(arms: &[ArmRun]) -> String {
         let _ = writeln!(s, "   - {}: {}{trend}.", arm.name, cells.join(", "));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_floor_is_the_minimum_of_the_conservative_dpo_loss() {
+        assert!((loss_floor(0.5) - std::f64::consts::LN_2).abs() < 1e-12);
+        assert_eq!(loss_floor(1.0), 0.0);
+        for c in [0.55f64, 0.616, 0.8, 0.95] {
+            let d_star = (c / (1.0 - c)).ln();
+            let at = |d: f64| cream_algo::cdpo_loss_from_margin(d, c);
+            assert!((at(d_star) - loss_floor(c)).abs() < 1e-9, "c {c}");
+            assert!(at(d_star + 0.1) > loss_floor(c) && at(d_star - 0.1) > loss_floor(c), "c {c}");
+        }
+    }
 }
