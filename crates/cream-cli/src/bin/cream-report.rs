@@ -83,7 +83,9 @@ fn main() -> Result<()> {
             ("final_consistency", &r.final_consistency),
         ] {
             if let Some(path) = path {
-                inputs.push(ctx.store.open_artifact(path, None)?.as_input(&format!("{role}{}", r.iteration)));
+                // Per-model roles carry the model index; the final models' consistency is one role.
+                let name = if role == "final_consistency" { role.to_string() } else { format!("{role}{}", r.iteration) };
+                inputs.push(ctx.store.open_artifact(path, None)?.as_input(&name));
             }
         }
     }
