@@ -49,6 +49,10 @@ pub struct Stage {
     /// Root of the artifact store.
     #[arg(long, env = "CREAM_ARTIFACTS", default_value = "artifacts", value_name = "DIR")]
     pub artifacts: PathBuf,
+    /// Compute nothing: print the artifact if it is already in the store, else exit with status
+    /// 3 (the cluster driver uses it to submit only what is missing).
+    #[arg(long)]
+    pub cached_only: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -58,7 +62,8 @@ impl Stage {
     pub fn init(&self) -> Result<(cream_stages::config::Pipeline, cream_stages::ctx::Ctx)> {
         self.common.init()?;
         let pipeline = cream_stages::config::Pipeline::load(&self.config)?;
-        let ctx = cream_stages::ctx::Ctx::new(&self.artifacts, self.common.quiet)?;
+        let mut ctx = cream_stages::ctx::Ctx::new(&self.artifacts, self.common.quiet)?;
+        ctx.cached_only = self.cached_only;
         Ok((pipeline, ctx))
     }
 }

@@ -31,6 +31,113 @@ pub struct Pipeline {
     pub pair: PairSection,
     pub train: TrainSection,
     pub eval: EvalSection,
+    /// How `just iterate executor=slurm` submits each stage (ignored by local runs; never part of
+    /// an artifact key).
+    #[serde(default)]
+    pub slurm: SlurmSection,
+}
+
+/// The `[slurm]` section: job resources for the cluster executor (README "Running on a Slurm
+/// cluster"). Top-level keys apply to every stage; `[slurm.stage.<name>]` tables override them
+/// for one stage. An unset key is not passed to sbatch, so the cluster's defaults and the
+/// standard `SBATCH_*` environment variables apply (a key set here wins over `SBATCH_*`, as any
+/// sbatch command-line option does).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    /// Array tasks of each shardable stage (generate, judge, eval): shard k/n runs as task k,
+    /// then one merge job publishes the unsharded artifact. 1 (the default) = one job, no array.
+    pub shards: Option<usize>,
+    pub partition: Option<String>,
+    pub time: Option<String>,
+    pub cpus: Option<u32>,
+    pub mem: Option<String>,
+    pub gres: Option<String>,
+    /// Per-stage overrides, by stage name (prepare, train, generate, judge, consistency, pair,
+    /// eval, report).
+    #[serde(default)]
+    pub stage: std::collections::BTreeMap<String, SlurmJob>,
+}
+
+/// Resources of one stage's jobs (the same keys as [`SlurmSection`]'s top level).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmJob {
+    /// Array tasks of a shardable stage (generate, judge, eval): shard k/n runs as task k, then
+    /// one merge job publishes the unsharded artifact. 1 (the default) = one job, no array.
+    pub shards: Option<usize>,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--time`, e.g. "02:00:00".
+    pub time: Option<String>,
+    /// `--cpus-per-task` (also the stage's thread count).
+    pub cpus: Option<u32>,
+    /// `--mem`, e.g. "16G".
+    pub mem: Option<String>,
+    /// `--gres`, e.g. "gpu:1" (use a binary built with the `cuda` feature).
+    pub gres: Option<String>,
+}
+
+/// The stages the loop runs, by the names `[slurm.stage.<name>]` takes.
+pub const LOOP_STAGES: [&str; 8] = ["prepare", "train", "generate", "judge", "consistency", "pair", "eval", "report"];
+/// The stages whose work is per prompt and runs as a job array (`--shard k/n` + `--merge`).
+pub const SHARDABLE_STAGES: [&str; 3] = ["generate", "judge", "eval"];
+
+impl SlurmSection {
+    /// The resources of `stage`'s jobs: its overrides over the top-level keys.
+    pub fn job(&self, stage: &str) -> SlurmJob {
+        let (a, o) = (self, self.stage.get(stage).cloned().unwrap_or_default());
+        let shardable = SHARDABLE_STAGES.contains(&stage);
+        SlurmJob {
+            shards: if shardable { o.shards.or(a.shards) } else { None },
+            partition: o.partition.or_else(|| a.partition.clone()),
+            time: o.time.or_else(|| a.time.clone()),
+            cpus: o.cpus.or(a.cpus),
+            mem: o.mem.or_else(|| a.mem.clone()),
+            gres: o.gres.or_else(|| a.gres.clone()),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for name in self.stage.keys() {
+            ensure!(
+                LOOP_STAGES.contains(&name.as_str()),
+                "[slurm.stage.{name}]: no such stage; the stages are {}",
+                LOOP_STAGES.join(", ")
+            );
+        }
+        for (name, o) in &self.stage {
+            ensure!(
+                o.shards.is_none() || SHARDABLE_STAGES.contains(&name.as_str()),
+                "[slurm.stage.{name}] shards: only {} run as job arrays",
+                SHARDABLE_STAGES.join(", ")
+            );
+        }
+        for stage in LOOP_STAGES {
+            let j = self.job(stage);
+            ensure!(j.shards != Some(0), "[slurm] shards for {stage} must be >= 1");
+            ensure!(j.cpus != Some(0), "[slurm] cpus for {stage} must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+impl SlurmJob {
+    /// The sbatch options of these resources (unset keys give none).
+    pub fn sbatch_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut opt = |flag: &str, value: Option<String>| {
+            if let Some(x) = value {
+                v.push(format!("--{flag}={x}"));
+            }
+        };
+        opt("partition", self.partition.clone());
+        opt("time", self.time.clone());
+        opt("cpus-per-task", self.cpus.map(|c| c.to_string()));
+        opt("mem", self.mem.clone());
+        opt("gres", self.gres.clone());
+        v
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +309,15 @@ pub struct TrainSection {
     /// Cap on optimizer steps (0 = no cap), for smoke runs.
     #[serde(default)]
     pub max_steps: usize,
+    /// Write a checkpoint (weights, optimizer state, position, metrics) every this many optimizer
+    /// steps (0 = never), so a killed or requeued run resumes where it stopped with the same
+    /// final model. It does not change the result, so it is not part of the artifact key.
+    #[serde(default = "default_checkpoint_every", skip_serializing)]
+    pub checkpoint_every: usize,
+}
+
+fn default_checkpoint_every() -> usize {
+    20
 }
 
 fn default_micro() -> usize {
@@ -297,6 +413,7 @@ impl Pipeline {
         ensure!(g.max_new_tokens >= 1 && g.max_prompt_tokens >= 1, "[generate] token limits must be >= 1");
         ensure!(g.batch_size >= 1, "[generate] batch_size must be >= 1");
         self.judge.validate()?;
+        self.slurm.validate()?;
         if let CMode::Fixed(c) = self.pair.c_mode {
             ensure!((0.0..=1.0).contains(&c), "[pair] fixed C must be in [0, 1] (got {c})");
         }
