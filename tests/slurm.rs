@@ -134,7 +134,7 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 #[ignore = "needs `just test`: the default model (`just setup`) and Slurm (scripts/slurm-local.sh install)"]
 fn slurm_executor_matches_local_runs_reports_failures_and_resumes_training() {
     let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t = &tmp.path().to_path_buf();
     let cluster = Cluster::start(&t.join("cluster"));
     let smoke = fs::read_to_string(root().join("pipelines/smoke.toml")).unwrap();
     let cfg = t.join("smoke-slurm.toml");
@@ -172,10 +172,15 @@ fn slurm_executor_matches_local_runs_reports_failures_and_resumes_training() {
     // (the Slurm store also holds the shard artifacts the merges were made from).
     let (a, b) = (artifacts(&local), artifacts(&slurm));
     assert!(a.len() > 20, "the local run produced {} artifacts", a.len());
-    for (key, files) in &a {
-        let other = b.get(key).unwrap_or_else(|| panic!("{key} of the local run is missing from the Slurm store"));
-        assert_eq!(files, other, "{key}: files differ between the local and the Slurm run");
+    let differ: Vec<String> = a
+        .iter()
+        .filter(|(key, files)| b.get(*key) != Some(*files))
+        .map(|(key, files)| format!("{key}: local {files}, slurm {:?}", b.get(key)))
+        .collect();
+    if !differ.is_empty() && std::env::var_os("CREAM_TEST_KEEP").is_some() {
+        eprintln!("kept {}", tmp.keep().display());
     }
+    assert!(differ.is_empty(), "artifacts of the local run missing or different in the Slurm store:\n{}", differ.join("\n"));
     let last = |o: &Output| String::from_utf8_lossy(&o.stdout).lines().last().unwrap().rsplit('/').next().unwrap().to_string();
     assert_eq!(last(&local_out), last(&slurm_out), "the same report artifact");
     let shard_keys = b.keys().filter(|k| !a.contains_key(*k)).count();

@@ -429,3 +429,58 @@ impl Pipeline {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smoke_with(extra: &str) -> Result<Pipeline> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/smoke.toml");
+        let text = std::fs::read_to_string(path)? + extra;
+        let p: Pipeline = toml::from_str(&text)?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    #[test]
+    fn slurm_stage_overrides_win_over_the_top_level_and_unset_keys_pass_nothing() {
+        let p = smoke_with(
+            "[slurm]\nshards = 4\npartition = \"cpu\"\ncpus = 2\n\
+             [slurm.stage.train]\npartition = \"gpu\"\ngres = \"gpu:1\"\ntime = \"12:00:00\"\n\
+             [slurm.stage.judge]\nshards = 2\n",
+        )
+        .unwrap();
+        let train = p.slurm.job("train");
+        assert_eq!(train.sbatch_args(), ["--partition=gpu", "--time=12:00:00", "--cpus-per-task=2", "--gres=gpu:1"]);
+        assert_eq!(train.shards, None, "training is one job");
+        assert_eq!(p.slurm.job("generate").shards, Some(4));
+        assert_eq!(p.slurm.job("judge").shards, Some(2));
+        assert_eq!(p.slurm.job("pair").sbatch_args(), ["--partition=cpu", "--cpus-per-task=2"]);
+        assert!(smoke_with("").unwrap().slurm.job("eval").sbatch_args().is_empty(), "no [slurm]: sbatch's defaults");
+    }
+
+    #[test]
+    fn slurm_section_refuses_unknown_stages_keys_and_arrays_of_single_job_stages() {
+        for (extra, needle) in [
+            ("[slurm.stage.trian]\ncpus = 1\n", "no such stage"),
+            ("[slurm.stage.train]\nshards = 2\n", "only generate, judge, eval"),
+            ("[slurm]\nshards = 0\n", "must be >= 1"),
+            ("[slurm]\ncpu = 2\n", "unknown field"),
+        ] {
+            let err = format!("{:#}", smoke_with(extra).err().unwrap_or_else(|| panic!("{extra} accepted")));
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_interval_is_not_a_training_parameter() {
+        // The train stage's key hashes the serialized [train] / [sft] section: a checkpoint
+        // interval does not change the model, so it must not change the key.
+        let a = smoke_with("").unwrap();
+        let mut c = a.clone();
+        c.train.checkpoint_every = 5;
+        let v = serde_json::to_value(&c.train).unwrap();
+        assert_eq!(v, serde_json::to_value(&a.train).unwrap());
+        assert!(v.get("checkpoint_every").is_none(), "{v}");
+    }
+}

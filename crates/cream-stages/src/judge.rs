@@ -37,7 +37,9 @@ pub fn score(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: usize) -
 pub fn score_spec(samples: &Artifact, model: InputRef, batch_tokens: usize, shard: Shard) -> Result<ArtifactSpec> {
     shard.spec(&ArtifactSpec {
         stage: SCORE_STAGE.into(),
-        schema_version: 1,
+        // 2: batches never mix prompts (v1 packed samples of several prompts into one batch, so
+        // a sharded run could differ from an unsharded one in the last bits).
+        schema_version: 2,
         params: json!({"batch_tokens": batch_tokens}),
         inputs: vec![samples.as_input("samples"), model],
     })
@@ -89,21 +91,27 @@ pub fn score_shard(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: us
             })
             .collect::<Result<Vec<_>>>()?;
         let pb = crate::progress::bar(convs.len(), "score", ctx.quiet);
-        let mut scores = Vec::with_capacity(convs.len());
-        // Chunks keep the progress bar moving; results do not depend on the chunking.
-        for (chunk_rows, chunk) in rows.chunks(64).zip(convs.chunks(64)) {
-            let s = cream_lm::score(&lm.model, chunk, ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() })?;
-            for (r, s) in chunk_rows.iter().zip(s) {
-                scores.push(ScoreRow {
-                    prompt_id: r.prompt_id.clone(),
-                    sample_idx: r.sample_idx,
+        let mut scores: Vec<Option<ScoreRow>> = vec![None; rows.len()];
+        // Batches never mix prompts: the samples of one prompt are scored together (packed by
+        // batch_tokens among themselves). A sample's numbers depend on the shapes of the batch it
+        // is in (matrix products round differently for other row counts), so this keeps them a
+        // function of its own prompt's samples: a shard (whole prompts) scores every sample in
+        // exactly the batch an unsharded run uses, and the merge is bit-identical.
+        for group in prompt_groups(&rows) {
+            let convs: Vec<_> = group.iter().map(|&i| convs[i].clone()).collect();
+            let s = cream_lm::score(&lm.model, &convs, ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() })?;
+            for (&i, s) in group.iter().zip(s) {
+                scores[i] = Some(ScoreRow {
+                    prompt_id: rows[i].prompt_id.clone(),
+                    sample_idx: rows[i].sample_idx,
                     sum_logprob: s.sum,
                     n_scored: s.token_logprobs.len() as u32,
                 });
             }
-            pb.inc(chunk.len() as u64);
+            pb.inc(group.len() as u64);
         }
         pb.finish_and_clear();
+        let scores: Vec<ScoreRow> = scores.into_iter().map(|s| s.expect("every sample is in one group")).collect();
         let n = write_table(&dir.join("scores.parquet"), &scores)?;
         let extra = if truncated > 0 { json!({"truncated_conversations": truncated}) } else { json!(null) };
         Ok(ProduceOutput { extra, ..Default::default() }.with_rows("scores.parquet", n))
@@ -128,6 +136,18 @@ fn fit_context(mut conv: cream_lm::Conversation, context: usize) -> Result<(crea
     conv.ids.drain(..drop);
     conv.score_start -= drop;
     Ok((conv, true))
+}
+
+/// The row indices of each prompt's samples, prompts in order of first appearance.
+fn prompt_groups(rows: &[SampleRow]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, pos) in prompt_positions(rows).into_iter().enumerate() {
+        if pos == groups.len() {
+            groups.push(Vec::new());
+        }
+        groups[pos].push(i);
+    }
+    groups
 }
 
 /// Merge the shard artifacts `shards` of a sharded [`score_shard`] run into the unsharded `score`
