@@ -26,8 +26,13 @@ build:
 
 # Run the whole test suite, as CI does; extra args go to cargo test (e.g. `just test -p cream-core`).
 [positional-arguments]
-test *args: setup
+test *args: check-deps setup
     cargo test --release --workspace "$@"
+
+# Fail on an unused dependency: cargo-machete (pinned, installed when missing) over every crate, and
+# every [workspace.dependencies] entry used by some member (scripts/check-deps.sh).
+check-deps:
+    bash scripts/check-deps.sh
 
 # Fuzz the manifest parser, the Parquet reader, the answer extractors and the chat-template input
 # path for FUZZ_SECS seconds each (default 60; not part of `just test`, which runs one quick round).
