@@ -26,8 +26,13 @@ build:
 
 # Run the whole test suite, as CI does; extra args go to cargo test (e.g. `just test -p cream-core`).
 [positional-arguments]
-test *args: setup setup-slurm
+test *args: check-deps setup setup-slurm
     cargo test --release --workspace "$@"
+
+# Fail on an unused dependency: cargo-machete (pinned, installed when missing) over every crate, and
+# every [workspace.dependencies] entry used by some member (scripts/check-deps.sh).
+check-deps:
+    bash scripts/check-deps.sh
 
 # The cost of portable binaries: the default build against `-C target-cpu=native` on score, dpo
 # and gen-b16, alternating (bench/portable.sh; writes bench/portable.md). Not part of `just test`.

@@ -1,5 +1,10 @@
-//! Flags shared by every cream binary. A stage embeds these with `#[command(flatten)]`, so a
-//! flag means the same thing (and is documented the same way) everywhere.
+//! Flags shared by several cream binaries: the one place that defines them. A binary embeds
+//! these with `#[command(flatten)]`, so a flag means the same thing (and is documented the same
+//! way) everywhere: [`Common`] (`--quiet`, `--threads`), [`ConfigArg`] (`--config`),
+//! [`StoreArg`] (`--artifacts`), [`Stage`] (the three together), [`ModelArg`] (`--model` of the
+//! debugging tools) and [`Sharding`] (`--shard`, `--merge`). Flags that name a stage's own
+//! inputs (`--prompts`, `--samples`, a stage's `--model` or `--policy`, ...) are the stage's and
+//! are documented there.
 
 use std::path::PathBuf;
 
@@ -24,7 +29,8 @@ impl Common {
     }
 }
 
-/// Which model to load.
+/// Which model to load (the debugging tools `cream-score` and `cream-chat`; a stage's model flags
+/// name the model's role and are the stage's own).
 #[derive(Debug, Clone, Args)]
 pub struct ModelArg {
     /// A GGUF file or a Hugging Face model directory (config.json + *.safetensors +
@@ -40,15 +46,60 @@ impl ModelArg {
     }
 }
 
-/// Flags of every pipeline stage: the pipeline config and the artifact store.
+/// The config a stage reads when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = "pipelines/smoke.toml";
+
+/// Which pipeline config to read.
 #[derive(Debug, Clone, Args)]
-pub struct Stage {
-    /// Pipeline config (TOML); the stage reads its own section.
-    #[arg(long, value_name = "TOML", default_value = "pipelines/smoke.toml")]
-    pub config: PathBuf,
+pub struct ConfigArg {
+    /// Pipeline config (TOML); the stage reads its own section [default: pipelines/smoke.toml,
+    /// with a note on stderr]
+    #[arg(long, value_name = "TOML")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The `--config` path, or [`DEFAULT_CONFIG`] with a note on stderr (unless `quiet`), so a
+    /// forgotten `--config` does not silently run the smoke settings.
+    pub fn path(&self, quiet: bool) -> PathBuf {
+        match &self.config {
+            Some(p) => p.clone(),
+            None => {
+                if !quiet {
+                    eprintln!("note: no --config given; using {DEFAULT_CONFIG}");
+                }
+                PathBuf::from(DEFAULT_CONFIG)
+            }
+        }
+    }
+
+    /// Load and validate the config (see [`ConfigArg::path`]).
+    pub fn load(&self, quiet: bool) -> Result<cream_stages::config::Pipeline> {
+        cream_stages::config::Pipeline::load(&self.path(quiet))
+    }
+}
+
+/// Where the artifact store is.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArg {
     /// Root of the artifact store.
     #[arg(long, env = "CREAM_ARTIFACTS", default_value = "artifacts", value_name = "DIR")]
     pub artifacts: PathBuf,
+}
+
+impl StoreArg {
+    pub fn open(&self) -> Result<cream_core::Store> {
+        cream_core::Store::open(&self.artifacts)
+    }
+}
+
+/// Flags of every pipeline stage: the pipeline config and the artifact store.
+#[derive(Debug, Clone, Args)]
+pub struct Stage {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Compute nothing: print the artifact if it is already in the store, else exit with status
     /// 3 (the cluster driver uses it to submit only what is missing).
     #[arg(long)]
@@ -61,8 +112,8 @@ impl Stage {
     /// Initialise threads, load the config and open the store.
     pub fn init(&self) -> Result<(cream_stages::config::Pipeline, cream_stages::ctx::Ctx)> {
         self.common.init()?;
-        let pipeline = cream_stages::config::Pipeline::load(&self.config)?;
-        let mut ctx = cream_stages::ctx::Ctx::new(&self.artifacts, self.common.quiet)?;
+        let pipeline = self.config.load(self.common.quiet)?;
+        let mut ctx = cream_stages::ctx::Ctx::new(&self.store.artifacts, self.common.quiet)?;
         ctx.cached_only = self.cached_only;
         Ok((pipeline, ctx))
     }

@@ -11,9 +11,9 @@
 //!
 //! Reading accepts what other writers such as polars produce for the same data: strings stored as
 //! LargeUtf8 or Utf8View, and columns declared nullable for a non-nullable field as long as they
-//! hold no null (a null is reported with its row number). Files must be uncompressed or snappy
-//! compressed (the codecs this build of `parquet` has); lists must be `List<UInt32>` with
-//! non-null items.
+//! hold no null (a null is reported with its row number), and zstd compression (polars' default
+//! codec) as well as snappy (what [`write_table`] writes) or none; other codecs are refused with
+//! an error naming the file. Lists must be `List<UInt32>` with non-null items.
 
 use std::fs::File;
 use std::path::Path;

@@ -683,18 +683,19 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} into place", tmp.display()))
 }
 
-/// Whether `err` comes from a full disk (ENOSPC) or an exceeded file-size limit (EFBIG), as an
-/// `io::Error` in its chain or in its text (some writers only keep the message).
+/// Whether `err` comes from a full disk, an exceeded disk quota or an exceeded file-size limit:
+/// an `io::Error` of kind `StorageFull`, `QuotaExceeded` or `FileTooLarge` anywhere in its chain.
+/// Writers must keep the `io::Error` as a source (`.context(..)`, not a message built from it).
 fn out_of_space(err: &anyhow::Error) -> bool {
-    const ENOSPC: i32 = 28;
-    const EFBIG: i32 = 27;
     err.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| matches!(e.raw_os_error(), Some(ENOSPC | EFBIG)))
-            || ["(os error 28)", "(os error 27)"]
-                .iter()
-                .any(|m| cause.to_string().contains(m))
+        cause.downcast_ref::<io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull
+                    | io::ErrorKind::QuotaExceeded
+                    | io::ErrorKind::FileTooLarge
+            )
+        })
     })
 }
 

@@ -1,6 +1,8 @@
 //! Canonical JSON, artifact keys, ids and content hashes.
 
-use cream_core::{ArtifactId, InputRef, artifact_key, canonical_json, hash_bytes, hash_file};
+use cream_core::{
+    ArtifactId, ArtifactSpec, InputRef, artifact_key, canonical_json, hash_bytes, hash_file,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Map, Value, json};
@@ -82,6 +84,37 @@ proptest! {
 
         prop_assert_ne!(&base, &artifact_key("judge", 1, &params, &inputs()[..2]));
     }
+}
+
+/// Pins one artifact key. Every artifact ever published is found again by its key, so a change to
+/// key derivation (the domain tag, the encoding, canonical JSON) re-keys every store: all cached
+/// work is lost and no old artifact is found as an input. Such a change must be a deliberate
+/// decision: bump `KEY_DOMAIN` in src/hash.rs and update the id below in the same commit.
+/// (The id was computed independently, in Python with the `blake3` package, from the encoding
+/// documented on `artifact_key`.)
+#[test]
+fn artifact_key_derivation_is_pinned() {
+    let spec = ArtifactSpec {
+        stage: "judge".to_owned(),
+        schema_version: 1,
+        params: json!({"mode": "dpo", "batch_tokens": 4096}),
+        inputs: vec![
+            InputRef {
+                name: "samples".to_owned(),
+                stage: "generate".to_owned(),
+                id: hash_bytes(b"samples"),
+            },
+            InputRef {
+                name: "reference".to_owned(),
+                stage: "source".to_owned(),
+                id: hash_bytes(b"model.gguf"),
+            },
+        ],
+    };
+    assert_eq!(
+        spec.id().as_str(),
+        "c94c19e6b519b9f546b1aa7a5049ebe428ab7432592176e661bbcab6e0465369"
+    );
 }
 
 #[test]

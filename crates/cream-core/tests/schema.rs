@@ -14,6 +14,8 @@ use cream_core::{
     read_table, write_table,
 };
 use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use proptest::prelude::*;
 
@@ -289,6 +291,15 @@ fn files_carry_table_metadata() {
 
 /// Writes a Parquet file with the given columns, as another writer might.
 fn write_raw(dir: &Path, columns: Vec<(&str, ArrayRef, bool)>) -> PathBuf {
+    write_raw_with(dir, columns, None)
+}
+
+/// [`write_raw`] with the given writer properties (e.g. a compression codec).
+fn write_raw_with(
+    dir: &Path,
+    columns: Vec<(&str, ArrayRef, bool)>,
+    props: Option<WriterProperties>,
+) -> PathBuf {
     let path = dir.join("odd.parquet");
     let fields: Vec<_> = columns
         .iter()
@@ -300,7 +311,7 @@ fn write_raw(dir: &Path, columns: Vec<(&str, ArrayRef, bool)>) -> PathBuf {
     )
     .unwrap();
     let mut writer =
-        ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), props).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     path
@@ -348,6 +359,28 @@ fn foreign_but_compatible_files_are_read() {
     assert_eq!(rows[1].prompt, "y");
     assert_eq!(rows[1].answer.as_deref(), Some("1"));
     assert_eq!(rows[0].answer, None);
+}
+
+/// zstd is polars' default codec (`ParquetWriter`, e.g. the report table), so files polars writes
+/// are readable.
+#[test]
+fn zstd_compressed_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let path = write_raw_with(dir.path(), prompt_columns(), Some(props));
+    let meta = SerializedFileReader::new(File::open(&path).unwrap())
+        .unwrap()
+        .metadata()
+        .row_group(0)
+        .column(0)
+        .compression();
+    assert!(matches!(meta, Compression::ZSTD(_)), "{meta:?}");
+    let rows = read_table::<PromptRow>(&path).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].prompt, "y");
+    assert_eq!(rows[1].answer.as_deref(), Some("1"));
 }
 
 #[test]

@@ -285,6 +285,39 @@ fn bad_outputs_are_refused() {
     ));
 }
 
+/// A full disk (ENOSPC, `io::ErrorKind::StorageFull`) mid-write: the table goes to /dev/full,
+/// which refuses every write with ENOSPC. The error says what happened and what to do, and nothing
+/// is published. An error that merely mentions the words (no `io::Error` behind it) gets no hint.
+#[cfg(target_os = "linux")]
+#[test]
+fn disk_full_is_named_and_publishes_nothing() {
+    let (_tmp, store) = store();
+    let err = store
+        .produce(&spec("a"), "test", "cpu", |dir| {
+            std::os::unix::fs::symlink("/dev/full", dir.join("rewards.parquet"))?;
+            work(dir)
+        })
+        .unwrap_err();
+    let msg = message(&err);
+    for needle in [
+        "rewards.parquet",
+        "No space left on device",
+        "nothing was published",
+        "the disk is full",
+        "just gc",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not in: {msg}");
+    }
+    assert_eq!(entries(&store.root().join("judge")), [".locks"]);
+
+    let err = store
+        .produce(&spec("a"), "test", "cpu", |_| {
+            bail!("No space left on device (os error 28), says the message")
+        })
+        .unwrap_err();
+    assert!(!message(&err).contains("the disk is full"), "{err:#}");
+}
+
 const CRASH_ENV: &str = "CREAM_TEST_CRASH_ROOT";
 
 #[test]

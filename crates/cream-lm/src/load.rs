@@ -306,7 +306,7 @@ pub fn save_hf_dir(model: &Model, tokenizer: &ChatTokenizer, dir: &Path) -> Resu
         .collect::<Result<_>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::tensor::serialize_to_file(tensors, Some(meta), &dir.join("model.safetensors"))
-        .map_err(|e| anyhow!("writing {}: {e}", dir.join("model.safetensors").display()))?;
+        .with_context(|| format!("writing {}", dir.join("model.safetensors").display()))?;
     let write = |name: &str, v: &Value| -> Result<()> {
         let p = dir.join(name);
         std::fs::write(&p, serde_json::to_string_pretty(v)? + "\n")

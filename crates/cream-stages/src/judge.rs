@@ -206,8 +206,9 @@ pub fn merge_scores(
     })
 }
 
-/// How rewards are computed from scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How rewards are computed from scores. As a flag (`cream-judge --mode`) each variant is spelled
+/// as [`JudgeMode::as_str`] gives it (clap's kebab-case of the name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum JudgeMode {
     /// DPO implicit reward S_policy - S_ref (no beta, no length normalisation).
     Dpo,
@@ -219,14 +220,7 @@ pub enum JudgeMode {
 }
 
 impl JudgeMode {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "dpo" => Ok(JudgeMode::Dpo),
-            "likelihood" => Ok(JudgeMode::Likelihood),
-            "llm-judge" => Ok(JudgeMode::LlmJudge),
-            other => bail!("unknown judge mode {other:?}; expected dpo, likelihood or llm-judge"),
-        }
-    }
+    /// The mode's name in artifact parameters (part of the keys: never change one).
     pub fn as_str(self) -> &'static str {
         match self {
             JudgeMode::Dpo => "dpo",

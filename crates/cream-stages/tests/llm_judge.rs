@@ -248,6 +248,15 @@ fn llm_judge_config_defaults_and_validation() {
         let err = q.validate().unwrap_err().to_string();
         assert!(err.contains("[judge]"), "{err}");
     }
-    assert_eq!(JudgeMode::parse("llm-judge").unwrap(), JudgeMode::LlmJudge);
     assert_eq!(JudgeMode::LlmJudge.as_str(), "llm-judge");
+}
+
+/// The flag spelling of every mode (clap's ValueEnum) is its name in artifact parameters.
+#[test]
+fn judge_mode_flag_names_are_the_parameter_names() {
+    use clap::ValueEnum;
+    for m in JudgeMode::value_variants() {
+        assert_eq!(m.to_possible_value().unwrap().get_name(), m.as_str());
+        assert_eq!(JudgeMode::from_str(m.as_str(), false).unwrap(), *m);
+    }
 }

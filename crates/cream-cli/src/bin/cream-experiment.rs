@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use cream_cli::flags::Common;
+use cream_cli::flags::{Common, StoreArg};
 use cream_stages::experiment::{self, ArmRun};
 
 /// Compare the runs given as `--arm CONFIG=REPORT` (the pipeline config and the `report`
@@ -27,9 +27,8 @@ struct Cli {
     /// when it exists).
     #[arg(long, value_name = "MD")]
     discussion: Option<PathBuf>,
-    /// Root of the artifact store.
-    #[arg(long, env = "CREAM_ARTIFACTS", default_value = "artifacts", value_name = "DIR")]
-    artifacts: PathBuf,
+    #[command(flatten)]
+    store: StoreArg,
     #[command(flatten)]
     common: Common,
 }
@@ -44,7 +43,7 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     cli.common.init()?;
-    let store = cream_core::Store::open(&cli.artifacts)?;
+    let store = cli.store.open()?;
     let mut arms: Vec<ArmRun> = Vec::new();
     let mut configs = Vec::new();
     for spec in &cli.arms {

@@ -1,22 +1,20 @@
 //! `cream-gc`: remove abandoned temporary directories of interrupted stages.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::Parser;
+use cream_cli::flags::StoreArg;
 
 /// Remove `.tmp-*` directories no running stage holds; finished artifacts are never touched.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// Root of the artifact store.
-    #[arg(long, env = "CREAM_ARTIFACTS", default_value = "artifacts")]
-    artifacts: PathBuf,
+    #[command(flatten)]
+    store: StoreArg,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let report = cream_core::Store::open(&cli.artifacts)?.gc()?;
+    let report = cli.store.open()?.gc()?;
     for p in &report.removed {
         println!("removed {}", p.display());
     }

@@ -25,8 +25,8 @@ struct Cli {
     /// The `generate` artifact.
     #[arg(long)]
     samples: String,
-    /// dpo, likelihood or llm-judge.
-    #[arg(long, default_value = "dpo", value_parser = JudgeMode::parse)]
+    /// How rewards are computed.
+    #[arg(long, value_enum, default_value_t = JudgeMode::Dpo)]
     mode: JudgeMode,
     /// The model whose rewards these are (M_t for the current ranking, M_{t-1} for the previous).
     #[arg(long)]

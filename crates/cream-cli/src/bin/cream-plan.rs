@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::Parser;
 use cream_algo::CMode;
+use cream_cli::flags::ConfigArg;
 
 /// Print `name`, `iterations`, `base` (M0) and `consistency` (1 if the loop ranks with the
 /// previous model's consistency in the loss, 0 for a fixed C such as SRLM) and `mc` (1 if the
@@ -13,8 +14,8 @@ use cream_algo::CMode;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    #[arg(long, default_value = "pipelines/smoke.toml")]
-    config: std::path::PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 fn quote(s: &str) -> String {
@@ -23,7 +24,7 @@ fn quote(s: &str) -> String {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let p = cream_stages::config::Pipeline::load(&cli.config)?;
+    let p = cli.config.load(false)?;
     println!("name={}", quote(&p.name));
     println!("iterations={}", p.iterations);
     println!("base={}", quote(&p.model.base.to_string_lossy()));
