@@ -24,10 +24,13 @@ setup:
 build:
     cargo build --release --workspace
 
-# Run the whole test suite, as CI does; extra args go to cargo test (e.g. `just test -p cream-core`).
+# Run the whole test suite, as CI does: the fast tests and the ones marked #[ignore] because they
+# need `just setup`'s model and data (plain `cargo test` runs only the fast ones). Extra args go to
+# cargo test (e.g. `just test -p cream-core`, `just test -p cream-lm -- --nocapture`).
 [positional-arguments]
 test *args: setup
-    cargo test --release --workspace "$@"
+    if [[ " $* " == *" -- "* ]]; then cargo test --release --workspace "$@" --include-ignored; \
+    else cargo test --release --workspace "$@" -- --include-ignored; fi
 
 # Fuzz the manifest parser, the Parquet reader, the answer extractors and the chat-template input
 # path for FUZZ_SECS seconds each (default 60; not part of `just test`, which runs one quick round).
