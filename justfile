@@ -24,10 +24,13 @@ setup:
 build:
     cargo build --release --workspace
 
-# Run the whole test suite, as CI does; extra args go to cargo test (e.g. `just test -p cream-core`).
+# Run the whole test suite, as CI does: the fast tests and the ones marked #[ignore] because they
+# need `just setup`'s model and data (plain `cargo test` runs only the fast ones). Extra args go to
+# cargo test (e.g. `just test -p cream-core`, `just test -p cream-lm -- --nocapture`).
 [positional-arguments]
 test *args: check-deps setup setup-slurm
-    cargo test --release --workspace "$@"
+    if [[ " $* " == *" -- "* ]]; then cargo test --release --workspace "$@" --include-ignored; \
+    else cargo test --release --workspace "$@" -- --include-ignored; fi
 
 # Fail on an unused dependency: cargo-machete (pinned, installed when missing) over every crate, and
 # every [workspace.dependencies] entry used by some member (scripts/check-deps.sh).

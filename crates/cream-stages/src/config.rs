@@ -147,24 +147,31 @@ pub struct ModelSection {
     pub base: PathBuf,
 }
 
+/// `[data]`: the data files of `prepare`. The built-in keys (`gsm8k_train`, `gsm8k_test`,
+/// `socialiqa`, `quartz`) are the paper's data with its fixed splits; `[[data.sources]]` adds
+/// files of any task (README "Your own data"). Every key is optional, but there must be prompts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// GSM8K-format JSONL or Parquet ({"question", "answer"}): unlabeled prompts (answers dropped) and SFT
     /// seed pairs.
-    pub gsm8k_train: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k_train: Option<PathBuf>,
     /// GSM8K-format JSONL or Parquet used for evaluation.
-    pub gsm8k_test: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k_test: Option<PathBuf>,
     /// Social IQa as shipped in the evals package ({"input": [{"role", "content"}], "ideal"}), or
     /// Parquet with flat `question` (or `prompt`) and `ideal` string columns.
-    pub socialiqa: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socialiqa: Option<PathBuf>,
     /// Fraction of Social IQa rows held out for evaluation (deterministic hash split).
     #[serde(default = "half")]
     pub socialiqa_eval_fraction: f64,
     /// Unlabeled prompts per source (0 = all); split evenly across iterations.
     #[serde(default)]
     pub prompts_per_source: usize,
-    /// SFT seed pairs (GSM8K train rows not used as prompts).
+    /// SFT seed pairs (GSM8K train rows not used as prompts; needs `gsm8k_train`).
+    #[serde(default)]
     pub sft_examples: usize,
     /// Eval rows per task (0 = all).
     #[serde(default)]
@@ -177,6 +184,108 @@ pub struct DataSection {
     /// the held-out rows, QuaRTz when given); 0 = all; unset = no multiple-choice items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mc_per_task: Option<usize>,
+    /// Further data files (`[[data.sources]]`), e.g. your own unlabeled prompts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<DataSource>,
+}
+
+/// One `[[data.sources]]` entry: a data file, the task its rows belong to, what they are for
+/// and their shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// JSONL, or Parquet when the path ends in `.parquet`.
+    pub path: PathBuf,
+    /// The task name of its rows (the `task` column; accuracies are reported per task).
+    pub task: String,
+    pub role: SourceRole,
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Rows kept, the first of a deterministic hash order (0 = all). Unset: `prompts_per_source`
+    /// for prompts, `eval_per_task` (generative) and `mc_per_task` (multiple choice) for eval, all
+    /// rows for sft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// What the rows of a data source are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceRole {
+    /// Unlabeled prompts of the loop (`pool.parquet`); an answer, if any, is dropped.
+    Prompts,
+    /// SFT seed pairs (`sft.parquet`): prompt and reference response.
+    Sft,
+    /// Evaluation items (`eval.parquet`, and `mc.parquet` for items with choices).
+    Eval,
+}
+
+impl SourceRole {
+    /// The name used in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceRole::Prompts => "prompts",
+            SourceRole::Sft => "sft",
+            SourceRole::Eval => "eval",
+        }
+    }
+}
+
+/// The row shape of a data source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// `{"prompt", "answer"?, "choices"?, "id"?}`.
+    #[default]
+    Generic,
+    /// `{"question", "answer"}`, the answer ending in `#### <number>`.
+    Gsm8k,
+    /// The evals package's Social IQa form (see `socialiqa` above).
+    Socialiqa,
+    /// The evals package's QuaRTz form (see `quartz` above).
+    Quartz,
+}
+
+impl DataSection {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (0.0..1.0).contains(&self.socialiqa_eval_fraction),
+            "[data] socialiqa_eval_fraction must be in [0, 1)"
+        );
+        ensure!(
+            self.sft_examples == 0 || self.gsm8k_train.is_some(),
+            "[data] sft_examples = {} needs gsm8k_train (the SFT pairs are taken from it); for your own \
+             SFT pairs add a [[data.sources]] with role = \"sft\"",
+            self.sft_examples
+        );
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("[[data.sources]] #{} ({})", i + 1, s.path.display());
+            ensure!(
+                !s.task.is_empty() && s.task.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{at}: task {:?} must be a name of ASCII letters, digits, `_` and `-` (it names report columns, \
+                 e.g. acc_<task>)",
+                s.task
+            );
+            ensure!(
+                s.role != SourceRole::Sft || matches!(s.format, SourceFormat::Generic | SourceFormat::Gsm8k),
+                "{at}: role = \"sft\" needs reference responses, which format {:?} does not have; use format \
+                 \"generic\" (with `answer`) or \"gsm8k\"",
+                s.format
+            );
+            ensure!(
+                s.role != SourceRole::Eval || s.format != SourceFormat::Quartz || self.mc_per_task.is_some(),
+                "{at}: QuaRTz items are scored by log-likelihood only; set [data] mc_per_task (0 = all)"
+            );
+        }
+        let prompts = self.gsm8k_train.is_some()
+            || self.socialiqa.is_some()
+            || self.sources.iter().any(|s| s.role == SourceRole::Prompts);
+        ensure!(
+            prompts,
+            "[data] has no prompts: set gsm8k_train or socialiqa, or add a [[data.sources]] with role = \"prompts\""
+        );
+        Ok(())
+    }
 }
 
 fn half() -> f64 {
@@ -418,10 +527,7 @@ impl Pipeline {
             ensure!((0.0..=1.0).contains(&c), "[pair] fixed C must be in [0, 1] (got {c})");
         }
         ensure!(self.pair.min_tokens <= self.pair.max_tokens, "[pair] min_tokens > max_tokens");
-        ensure!(
-            (0.0..1.0).contains(&self.data.socialiqa_eval_fraction),
-            "[data] socialiqa_eval_fraction must be in [0, 1)"
-        );
+        self.data.validate()?;
         ensure!(self.iterations >= 1, "iterations must be >= 1");
         ensure!(self.eval.max_new_tokens >= 1 && self.eval.batch_size >= 1, "[eval] limits must be >= 1");
         self.sft.validate("sft")?;

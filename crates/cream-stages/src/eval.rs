@@ -5,7 +5,8 @@
 //! GSM8K: the number after the highest-priority marker (else the last number), compared as
 //! numbers ("18.0" == "18"). Multiple choice (Social IQa, ARC, OBQA): the letter after the first
 //! `answer:`; the reference code's last-standalone-letter fallback only with
-//! `[eval] compat_last_letter`. Accuracy is reported per task in percent, with the unweighted mean
+//! `[eval] compat_last_letter`. Other tasks (evaluation sets of `[[data.sources]]`): by the form
+//! of the gold answer, see [`grade`]. Accuracy is reported per task in percent, with the unweighted mean
 //! over tasks, in the manifest's `extra`.
 //!
 //! Like `generate`, eval can run as shard `k/n` ([`run_shard`]: the eval rows at positions `p`
@@ -15,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use cream_algo::{extract_choice, extract_number, normalize_number, numbers_equal};
+use cream_algo::{extract_answer_text, extract_choice, extract_number, normalize_answer_text, normalize_number, numbers_equal};
 use cream_core::{Artifact, ArtifactSpec, EvalRow, InputRef, ProduceOutput, PromptRow, read_table, write_table};
 use cream_lm::{GenRequest, SamplingParams};
 use serde_json::json;
@@ -34,26 +35,43 @@ const CHOICE_TASKS: [&str; 4] = ["socialiqa", "arc_easy", "arc_challenge", "obqa
 ///
 /// `gsm8k`: [`extract_number`], correct when [`numbers_equal`] to `gold`. Multiple-choice tasks
 /// (`socialiqa`, `arc_easy`, `arc_challenge`, `obqa`): [`extract_choice`] with
-/// `compat_last_letter`, correct when equal to the gold letter (case-insensitive).
+/// `compat_last_letter`, correct when equal to the gold letter (case-insensitive). Any other task
+/// (an evaluation set of `[[data.sources]]`) by the form of its gold answer: a number as GSM8K, a
+/// single letter A-D as multiple choice, else free text: [`extract_answer_text`], correct when
+/// equal to the gold answer after [`normalize_answer_text`] (exact match).
 ///
 /// # Errors
-/// An unknown task, or a gold answer that is not of the task's kind (not a number for `gsm8k`,
-/// not a single letter A-D for multiple choice).
+/// A gold answer that is not of the task's kind (not a number for `gsm8k`, not a single letter
+/// A-D for the multiple-choice tasks; free text that is empty or more than one line).
 pub fn grade(task: &str, response: &str, gold: &str, compat_last_letter: bool) -> Result<(Option<String>, bool)> {
-    if task == "gsm8k" {
+    let letter = gold_letter(gold);
+    if task == "gsm8k" || (!CHOICE_TASKS.contains(&task) && normalize_number(gold).is_some()) {
         ensure!(normalize_number(gold).is_some(), "gsm8k gold answer {gold:?} is not a number");
         let extracted = extract_number(response);
         let correct = extracted.as_deref().is_some_and(|e| numbers_equal(e, gold));
         Ok((extracted, correct))
-    } else if CHOICE_TASKS.contains(&task) {
-        let gold_letter = match gold.trim().to_ascii_uppercase().as_str() {
-            g @ ("A" | "B" | "C" | "D") => g.chars().next().expect("one letter"),
-            _ => bail!("{task} gold answer {gold:?} is not a letter A-D"),
-        };
+    } else if CHOICE_TASKS.contains(&task) || letter.is_some() {
+        let gold_letter = letter.with_context(|| format!("{task} gold answer {gold:?} is not a letter A-D"))?;
         let extracted = extract_choice(response, compat_last_letter).map(|c| c.to_ascii_uppercase());
         Ok((extracted.map(String::from), extracted == Some(gold_letter)))
     } else {
-        bail!("unknown eval task {task:?}; expected gsm8k or one of {}", CHOICE_TASKS.join(", "))
+        let want = normalize_answer_text(gold);
+        ensure!(
+            !want.is_empty() && !gold.trim().contains('\n'),
+            "{task} gold answer {gold:?} is empty or more than one line; free-text answers are compared with \
+             the line after \"Answer:\" of the response, so a gold answer must be one non-empty line"
+        );
+        let extracted = extract_answer_text(response);
+        let correct = extracted.as_deref() == Some(want.as_str());
+        Ok((extracted, correct))
+    }
+}
+
+/// The letter of a gold answer that is a single letter A-D (any case, surrounding spaces).
+fn gold_letter(gold: &str) -> Option<char> {
+    match gold.trim().to_ascii_uppercase().as_str() {
+        g @ ("A" | "B" | "C" | "D") => g.chars().next(),
+        _ => None,
     }
 }
 
@@ -312,11 +330,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_task_and_bad_gold_are_errors() {
-        let err = grade("mmlu", "Answer: A", "A", false).unwrap_err().to_string();
-        assert!(err.contains("mmlu"), "{err}");
+    fn other_tasks_are_graded_by_the_form_of_the_gold_answer() {
+        // A number: as GSM8K.
+        assert_eq!(grade("mine", "So 3 + 4.\nAnswer: 7.0", "7", false).unwrap(), (Some("7".into()), true));
+        // A letter: as multiple choice.
+        assert_eq!(grade("mine", "Answer: (c)", "C", false).unwrap(), (Some("C".into()), true));
+        // Free text: exact match of the extracted line, case and markdown aside.
+        assert_eq!(grade("capitals", "Hmm.\n**Answer:** Paris.", "paris", false).unwrap(), (Some("paris".into()), true));
+        assert_eq!(grade("capitals", "Answer: Paris, France", "Paris", false).unwrap(), (Some("paris, france".into()), false));
+        assert_eq!(grade("capitals", "Paris", "Paris", false).unwrap(), (None, false));
+        assert!(grade("capitals", "Answer: x", "two\nlines", false).is_err());
+    }
+
+    #[test]
+    fn bad_gold_is_an_error() {
         assert!(grade("gsm8k", "5", "five", false).is_err());
         assert!(grade("socialiqa", "Answer: A", "E", false).is_err());
+        assert!(grade("obqa", "Answer: A", "7", false).is_err());
     }
 
     #[test]

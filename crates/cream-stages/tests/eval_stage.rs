@@ -68,6 +68,7 @@ fn row(id: &str, task: &str, prompt: String, answer: Option<&str>) -> PromptRow 
 }
 
 #[test]
+#[ignore = "needs `just setup`: the default model in data/models and the data sets in data/"]
 fn eval_stage_on_the_default_model() {
     let model = default_model();
     let p = pipeline();
@@ -173,6 +174,7 @@ fn eval_stage_on_the_default_model() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the default model in data/models and the data sets in data/"]
 fn sharded_eval_merges_into_the_unsharded_artifact() {
     use cream_stages::shard::Shard;
 
