@@ -139,7 +139,11 @@ fn slurm_executor_matches_local_runs_reports_failures_and_resumes_training() {
     let smoke = fs::read_to_string(root().join("pipelines/smoke.toml")).unwrap();
     let cfg = t.join("smoke-slurm.toml");
     // Every stage one CPU, so the two shards of a stage run side by side on the 2-CPU node.
-    fs::write(&cfg, format!("{smoke}\n[slurm]\nshards = 2\ncpus = 1\n")).unwrap();
+    // One iteration (the loop's every stage and both judge modes run; a second iteration would
+    // repeat them and double the test's time).
+    let one = smoke.replacen("iterations = 2", "iterations = 1", 1);
+    assert_ne!(one, smoke);
+    fs::write(&cfg, format!("{one}\n[slurm]\nshards = 2\ncpus = 1\n")).unwrap();
     let (local, slurm, logs) = (t.join("local"), t.join("slurm"), t.join("logs"));
 
     // 1. The local run, timed.
@@ -187,13 +191,13 @@ fn slurm_executor_matches_local_runs_reports_failures_and_resumes_training() {
     eprintln!("smoke pipeline: local {local_s:.0} s, slurm (2 shards, incl. the cancelled run) {slurm_s:.0} s; {} artifacts, {shard_keys} shard artifacts", a.len());
 
     // 5. A training job killed mid-run and requeued resumes from its checkpoint: the same model
-    // as an uninterrupted run. SFT with 6 steps and a checkpoint every 2.
-    let sft = smoke.replace("max_steps = 1\n", "max_steps = 6\ncheckpoint_every = 2\n").replace(
-        "global_batch = 4\nmicro_batch = 2\nmax_steps = 6",
-        "global_batch = 2\nmicro_batch = 2\nmax_steps = 6",
+    // as an uninterrupted run. SFT with 4 steps and a checkpoint every 2.
+    let sft = smoke.replace("max_steps = 1\n", "max_steps = 4\ncheckpoint_every = 2\n").replace(
+        "global_batch = 4\nmicro_batch = 2\nmax_steps = 4",
+        "global_batch = 2\nmicro_batch = 2\nmax_steps = 4",
     );
-    let sft = sft.replacen("epochs = 1", "epochs = 3", 1);
-    assert!(sft.contains("epochs = 3\nglobal_batch = 2\nmicro_batch = 2\nmax_steps = 6\ncheckpoint_every = 2"), "{sft}");
+    let sft = sft.replacen("epochs = 1", "epochs = 2", 1);
+    assert!(sft.contains("epochs = 2\nglobal_batch = 2\nmicro_batch = 2\nmax_steps = 4\ncheckpoint_every = 2"), "{sft}");
     let sft_cfg = t.join("sft-resume.toml");
     fs::write(&sft_cfg, format!("{sft}\n[slurm]\ncpus = 2\n")).unwrap();
     let prepare = |store: &Path| -> String {
