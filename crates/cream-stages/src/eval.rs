@@ -22,9 +22,8 @@ use serde_json::json;
 
 use crate::config::Pipeline;
 use crate::ctx::{Ctx, params};
+use crate::names;
 use crate::shard::{self, Shard};
-
-pub const STAGE: &str = "eval";
 
 /// Tasks graded by their multiple-choice letter.
 const CHOICE_TASKS: [&str; 4] = ["socialiqa", "arc_easy", "arc_challenge", "obqa"];
@@ -83,7 +82,7 @@ fn summarize(rows: &[EvalRow]) -> serde_json::Value {
         outcomes.entry(&r.task).or_default().push(r.correct);
     }
     let intervals: BTreeMap<&str, serde_json::Value> =
-        outcomes.iter().map(|(&k, v)| (k, crate::eval_mc::accuracy_interval(v, 0))).collect();
+        outcomes.iter().map(|(&k, v)| (k, crate::summary::accuracy_interval(v, 0))).collect();
     json!({
         "accuracy": accuracy,
         "accuracy_ci95": intervals,
@@ -107,7 +106,7 @@ fn generation_params(p: &Pipeline) -> Result<serde_json::Value> {
 /// [`Shard::ALL`] is the unsharded spec).
 pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, shard: Shard) -> Result<ArtifactSpec> {
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::EVAL.into(),
         schema_version: 1,
         params: json!({"eval": generation_params(p)?, "max_prompt_tokens": p.generate.max_prompt_tokens}),
         inputs: vec![prompts.as_input("prompts"), model],
@@ -122,7 +121,7 @@ const SUMMED_EXTRA: [&str; 2] = ["truncated_prompts", "cut_off_responses"];
 /// The eval rows of `prompts` and their gold answers, checked before any generation.
 /// Only the rows of `tasks` when it is not empty (`[eval] generate_tasks`).
 fn eval_rows(prompts: &Artifact, tasks: &[String]) -> Result<Vec<PromptRow>> {
-    let rows: Vec<PromptRow> = read_table(&prompts.path("eval.parquet")?)?;
+    let rows: Vec<PromptRow> = read_table(&prompts.path(names::file::EVAL_PROMPTS)?)?;
     let rows: Vec<PromptRow> =
         rows.into_iter().filter(|r| tasks.is_empty() || tasks.contains(&r.task)).collect();
     ensure!(
@@ -150,7 +149,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
 /// `p % n == k` (their rows are the unsharded run's rows; merge the shards with [`merge`]).
 /// [`Shard::ALL`] is [`run`].
 pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Shard) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let max_prompt_tokens = p.generate.max_prompt_tokens;
     let spec = spec(p, &prompts, model_in, shard)?;
@@ -161,11 +160,11 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
         if rows.is_empty() {
             // More shards than eval rows: this shard has nothing to do.
             ctx.log(format!("eval: shard {shard} has no rows"));
-            let n = write_table::<EvalRow>(&dir.join("eval.parquet"), &[])?;
+            let n = write_table::<EvalRow>(&dir.join(names::file::EVAL), &[])?;
             let mut extra = summarize(&[]);
             extra["truncated_prompts"] = json!(0);
             extra["cut_off_responses"] = json!(0);
-            return Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n));
+            return Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::EVAL, n));
         }
         let golds: Vec<&str> = rows.iter().map(|r| r.answer.as_deref().unwrap_or_default()).collect();
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
@@ -201,7 +200,7 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
                 correct,
             });
         }
-        let n = write_table(&dir.join("eval.parquet"), &evals)?;
+        let n = write_table(&dir.join(names::file::EVAL), &evals)?;
         let mut extra = summarize(&evals);
         extra["truncated_prompts"] = json!(truncated);
         // Answers that hit `max_new_tokens` before the end-of-turn token: a high rate means the
@@ -211,7 +210,7 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
         for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
             ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
         }
-        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n))
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::EVAL, n))
     })
 }
 
@@ -222,7 +221,7 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
 /// of the manifest `extra` are recomputed from the merged rows (equal to the unsharded run's);
 /// `truncated_prompts` is summed and the shard ids are recorded as `merged_from`.
 pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&str]) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, _) = ctx.model_input("model", model)?;
     let spec = spec(p, &prompts, model_in, Shard::ALL)?;
     let shards = shard::open_shards(ctx, &spec, shards)?;
@@ -239,7 +238,7 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&st
         }
         let mut slots: Vec<Option<EvalRow>> = vec![None; rows.len()];
         for (s, a) in &shards {
-            let file = a.path("eval.parquet")?;
+            let file = a.path(names::file::EVAL)?;
             for row in read_table::<EvalRow>(&file)? {
                 let what = || format!("{}: prompt {}", file.display(), row.prompt_id);
                 let Some(&pos) = position.get(row.prompt_id.as_str()) else {
@@ -261,7 +260,7 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&st
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let n = write_table(&dir.join("eval.parquet"), &evals)?;
+        let n = write_table(&dir.join(names::file::EVAL), &evals)?;
         let mut extra = summarize(&evals);
         let summed = shard::merged_extra(&shards, &SUMMED_EXTRA);
         for (k, v) in summed.as_object().into_iter().flatten() {
@@ -270,7 +269,7 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&st
         for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
             ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
         }
-        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n))
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::EVAL, n))
     })
 }
 

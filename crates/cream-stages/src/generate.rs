@@ -10,9 +10,8 @@ use serde_json::json;
 
 use crate::config::Pipeline;
 use crate::ctx::{Ctx, params};
+use crate::names;
 use crate::shard::{self, Shard};
-
-pub const STAGE: &str = "generate";
 
 /// The prompts of iteration `t` (1-based): the pool split across `iterations` stratified by task,
 /// so every iteration gets the same task mix (each task's prompts, in pool order, split evenly).
@@ -29,7 +28,7 @@ const SCHEMA_VERSION: u32 = 2;
 /// `model` (shard `shard`; [`Shard::ALL`] is the unsharded spec).
 pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, iteration: usize, shard: Shard) -> Result<ArtifactSpec> {
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::GENERATE.into(),
         schema_version: SCHEMA_VERSION,
         params: json!({
             "generate": params(&p.generate)?,
@@ -49,13 +48,13 @@ const SUMMED_EXTRA: [&str; 3] = ["prompts", "truncated_prompts", "new_tokens"];
 /// for a shard `k/n`, for the prompts at positions `p` of that subset with `p % n == k` (their
 /// rows are the unsharded run's rows for those prompts; merge the shards with [`merge`]).
 pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usize, shard: Shard) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = spec(p, &prompts, model_in, iteration, shard)?;
     let g = p.generate.clone();
     let seed = p.seed;
     ctx.produce(spec, |dir| {
-        let pool_file = prompts.path("pool.parquet")?;
+        let pool_file = prompts.path(names::file::POOL)?;
         let pool: Vec<PromptRow> = read_table(&pool_file)?;
         let pool_rows = pool.len();
         let rows = iteration_prompts(pool, iteration, p.iterations)?;
@@ -71,12 +70,12 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
         if rows.is_empty() {
             // More shards than prompts: this shard has nothing to do.
             ctx.log(format!("generate: shard {shard} has no prompts"));
-            let n = write_table::<SampleRow>(&dir.join("samples.parquet"), &[])?;
+            let n = write_table::<SampleRow>(&dir.join(names::file::SAMPLES), &[])?;
             return Ok(ProduceOutput {
                 extra: json!({"prompts": 0, "truncated_prompts": 0, "new_tokens": 0}),
                 ..Default::default()
             }
-            .with_rows("samples.parquet", n));
+            .with_rows(names::file::SAMPLES, n));
         }
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
         let mut reqs = Vec::with_capacity(rows.len() * g.n);
@@ -93,7 +92,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
                 "{}: prompt {} has {} tokens (after truncation to [generate] max_prompt_tokens = {}); \
                  with max_new_tokens = {} that exceeds the model's context window of {context} tokens; \
                  lower [generate] max_prompt_tokens or max_new_tokens",
-                prompts.dir.join("pool.parquet").display(),
+                prompts.dir.join(names::file::POOL).display(),
                 r.prompt_id,
                 ids.len(),
                 g.max_prompt_tokens,
@@ -131,12 +130,12 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
                 seed: req.seed,
             });
         }
-        let n = write_table(&dir.join("samples.parquet"), &samples)?;
+        let n = write_table(&dir.join(names::file::SAMPLES), &samples)?;
         Ok(ProduceOutput {
             extra: json!({"prompts": rows.len(), "truncated_prompts": truncated, "new_tokens": new_tokens}),
             ..Default::default()
         }
-        .with_rows("samples.parquet", n))
+        .with_rows(names::file::SAMPLES, n))
     })
 }
 
@@ -147,19 +146,19 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
 /// must have its `[generate] n` samples in the shard that owns it. The manifest `extra` records
 /// the shard ids as `merged_from`.
 pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usize, shards: &[&str]) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, _) = ctx.model_input("model", model)?;
     let spec = spec(p, &prompts, model_in, iteration, Shard::ALL)?;
     let shards = shard::open_shards(ctx, &spec, shards)?;
     let n = p.generate.n;
     ctx.produce(spec, |dir| {
-        let pool: Vec<PromptRow> = read_table(&prompts.path("pool.parquet")?)?;
+        let pool: Vec<PromptRow> = read_table(&prompts.path(names::file::POOL)?)?;
         let rows = iteration_prompts(pool, iteration, p.iterations)?;
         let position: HashMap<&str, usize> = rows.iter().enumerate().map(|(i, r)| (r.prompt_id.as_str(), i)).collect();
         // slots[position * n + sample_idx]: the unsharded row order.
         let mut slots: Vec<Option<SampleRow>> = vec![None; rows.len() * n];
         for (s, a) in &shards {
-            let file = a.path("samples.parquet")?;
+            let file = a.path(names::file::SAMPLES)?;
             for row in read_table::<SampleRow>(&file)? {
                 let what = || format!("{}: prompt {} sample {}", file.display(), row.prompt_id, row.sample_idx);
                 let Some(&pos) = position.get(row.prompt_id.as_str()) else {
@@ -187,9 +186,9 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: us
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let count = write_table(&dir.join("samples.parquet"), &samples)?;
+        let count = write_table(&dir.join(names::file::SAMPLES), &samples)?;
         Ok(ProduceOutput { extra: shard::merged_extra(&shards, &SUMMED_EXTRA), ..Default::default() }
-            .with_rows("samples.parquet", count))
+            .with_rows(names::file::SAMPLES, count))
     })
 }
 

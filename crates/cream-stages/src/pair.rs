@@ -22,24 +22,16 @@ use polars::prelude::{ChunkCast, Column, DataFrame, DataType, ListNameSpaceImpl}
 use serde_json::json;
 
 use crate::config::Pipeline;
-use crate::consistency::{
-    REWARDS_FILE, f64_values, full_join_complete, prompt_runs, read_frame, sort_unique_keys, str_values,
-    u32_values,
-};
 use crate::ctx::{Ctx, params};
-
-pub const STAGE: &str = "pair";
-/// The output table.
-pub const FILE: &str = "pairs.parquet";
-/// The table of a `generate` artifact.
-pub const SAMPLES_FILE: &str = "samples.parquet";
+use crate::frame::{f64_values, full_join_complete, prompt_runs, read_frame, sort_unique_keys, str_values, u32_values};
+use crate::names;
 
 /// Build preference pairs from `samples` (a generate artifact), `rewards` (the current model's
 /// judge artifact over those samples) and, for `avg` / `dyn`, `consistency` (computed with these
 /// rewards as `current`).
 pub fn run(ctx: &Ctx, p: &Pipeline, samples: &str, rewards: &str, consistency: Option<&str>) -> Result<Artifact> {
-    let samples = ctx.open(samples, crate::generate::STAGE).context("pair: the samples")?;
-    let rewards = ctx.open(rewards, crate::judge::STAGE).context("pair: the current model's rewards")?;
+    let samples = ctx.open(samples, names::stage::GENERATE).context("pair: the samples")?;
+    let rewards = ctx.open(rewards, names::stage::JUDGE).context("pair: the current model's rewards")?;
     // The judge records the samples it scored; refuse rewards of other samples.
     if let Some(input) = rewards.manifest.inputs.iter().find(|i| i.name == "samples")
         && input.id != samples.id().to_string()
@@ -64,7 +56,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, samples: &str, rewards: &str, consistency: O
             serde_json::to_string(&c_mode)?
         ),
         (_, Some(c)) => {
-            let c = ctx.open(c, crate::consistency::STAGE).context("pair: the consistency artifact")?;
+            let c = ctx.open(c, names::stage::CONSISTENCY).context("pair: the consistency artifact")?;
             if let Some(input) = c.manifest.inputs.iter().find(|i| i.name == "current")
                 && input.id != rewards.id().to_string()
             {
@@ -84,13 +76,13 @@ pub fn run(ctx: &Ctx, p: &Pipeline, samples: &str, rewards: &str, consistency: O
     if let Some(c) = &consistency {
         inputs.push(c.as_input("consistency"));
     }
-    let spec = ArtifactSpec { stage: STAGE.into(), schema_version: 1, params: params(&p.pair)?, inputs };
+    let spec = ArtifactSpec { stage: names::stage::PAIR.into(), schema_version: 1, params: params(&p.pair)?, inputs };
     let (min_tokens, max_tokens) = (p.pair.min_tokens, p.pair.max_tokens);
     ctx.produce(spec, |dir| {
         // C_j by prompt id (pitfall 7) and the dataset C.
         let (c_by_prompt, dataset_c) = match &consistency {
             Some(c) => {
-                let rows: Vec<ConsistencyRow> = read_table(&c.path(crate::consistency::FILE)?)?;
+                let rows: Vec<ConsistencyRow> = read_table(&c.path(names::file::CONSISTENCY)?)?;
                 let cs: Vec<f64> = rows.iter().map(|r| r.c).collect();
                 let dataset_c = cream_algo::dataset_c(&cs)
                     .with_context(|| format!("consistency artifact {}", c.dir.display()))?;
@@ -169,8 +161,8 @@ pub fn run(ctx: &Ctx, p: &Pipeline, samples: &str, rewards: &str, consistency: O
             "chosen_mean_len": chosen_len as f64 / n_pairs,
             "rejected_mean_len": rejected_len as f64 / n_pairs,
         });
-        let n = write_table(&dir.join(FILE), &pairs)?;
-        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(FILE, n))
+        let n = write_table(&dir.join(names::file::PAIRS), &pairs)?;
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::PAIRS, n))
     })
 }
 
@@ -178,7 +170,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, samples: &str, rewards: &str, consistency: O
 /// columns prompt_id, sample_idx, prompt, response, response_tokens, n_tokens (the length of the
 /// sample's conversation token ids) and reward. Every sample must have a reward and vice versa.
 fn join_samples(samples: &Artifact, rewards: &Artifact) -> Result<DataFrame> {
-    let s_path = samples.path(SAMPLES_FILE)?;
+    let s_path = samples.path(names::file::SAMPLES)?;
     let mut s = read_frame(
         &s_path,
         &[
@@ -196,7 +188,7 @@ fn join_samples(samples: &Artifact, rewards: &Artifact) -> Result<DataFrame> {
     s.drop_in_place("token_ids")?;
     let s = sort_unique_keys(s, &s_path)?;
 
-    let r_path = rewards.path(REWARDS_FILE)?;
+    let r_path = rewards.path(names::file::REWARDS)?;
     let r = read_frame(
         &r_path,
         &[("prompt_id", DataType::String), ("sample_idx", DataType::UInt32), ("reward", DataType::Float64)],

@@ -24,10 +24,8 @@ use serde_json::{Value, json};
 
 use crate::config::DataSection;
 use crate::ctx::Ctx;
+use crate::names;
 
-pub const STAGE: &str = "prepare";
-/// The multiple-choice table of a `prepare` artifact (items for log-likelihood evaluation).
-pub const MC_FILE: &str = "mc.parquet";
 /// Output schema version: 2 added `mc.parquet`.
 const SCHEMA_VERSION: u32 = 2;
 /// Appended to evaluation questions (spec, "Evaluation").
@@ -318,7 +316,7 @@ pub fn run(ctx: &Ctx, data: &DataSection) -> Result<Artifact> {
         "eval_per_task": data.eval_per_task,
         "mc_per_task": data.mc_per_task,
     });
-    let spec = ArtifactSpec { stage: STAGE.into(), schema_version: SCHEMA_VERSION, params, inputs };
+    let spec = ArtifactSpec { stage: names::stage::PREPARE.into(), schema_version: SCHEMA_VERSION, params, inputs };
     ctx.produce(spec, |dir| {
         let train = hash_order(gsm8k(&data.gsm8k_train, "gsm8k")?, |r| &r.id, "gsm8k-train", 0);
         ensure!(train.len() > data.sft_examples, "gsm8k train has only {} rows", train.len());
@@ -398,19 +396,19 @@ pub fn run(ctx: &Ctx, data: &DataSection) -> Result<Artifact> {
             }
         }
         ensure!(!pool.is_empty(), "the prompt pool is empty; check [data] in the pipeline config");
-        dedup(&pool, "pool.parquet")?;
-        dedup(&eval, "eval.parquet")?;
+        dedup(&pool, names::file::POOL)?;
+        dedup(&eval, names::file::EVAL_PROMPTS)?;
         disjoint(&pool, eval.iter().map(|r| r.prompt_id.as_str()).chain(mc.iter().map(|r| r.item_id.as_str())))?;
-        let n_pool = write_table(&dir.join("pool.parquet"), &pool)?;
-        let n_eval = write_table(&dir.join("eval.parquet"), &eval)?;
-        let n_sft = write_table(&dir.join("sft.parquet"), &sft)?;
-        let n_mc = write_table(&dir.join(MC_FILE), &mc)?;
+        let n_pool = write_table(&dir.join(names::file::POOL), &pool)?;
+        let n_eval = write_table(&dir.join(names::file::EVAL_PROMPTS), &eval)?;
+        let n_sft = write_table(&dir.join(names::file::SFT), &sft)?;
+        let n_mc = write_table(&dir.join(names::file::MC), &mc)?;
         let extra = json!({ "mc_conflicting_items_dropped": dropped });
         Ok(ProduceOutput { extra, ..Default::default() }
-            .with_rows(MC_FILE, n_mc)
-            .with_rows("pool.parquet", n_pool)
-            .with_rows("eval.parquet", n_eval)
-            .with_rows("sft.parquet", n_sft))
+            .with_rows(names::file::MC, n_mc)
+            .with_rows(names::file::POOL, n_pool)
+            .with_rows(names::file::EVAL_PROMPTS, n_eval)
+            .with_rows(names::file::SFT, n_sft))
     })
 }
 

@@ -109,7 +109,7 @@ fn eval_stage_on_the_default_model() {
     let prompts_path = prompts.dir.to_string_lossy().into_owned();
 
     let a = cream_stages::eval::run(&ctx, &p, &prompts_path, &model).unwrap();
-    assert_eq!(a.manifest.stage, cream_stages::eval::STAGE);
+    assert_eq!(a.manifest.stage, cream_stages::names::stage::EVAL);
     assert_eq!(a.manifest.files["eval.parquet"].rows, Some(2));
     assert_eq!(a.manifest.params["max_prompt_tokens"], 512);
     assert_eq!(a.manifest.params["eval"]["max_new_tokens"], 48);
