@@ -11,7 +11,7 @@
 //! Like `generate`, eval can run as shard `k/n` ([`run_shard`]: the eval rows at positions `p`
 //! with `p % n == k`) and the shards be merged ([`merge`]) into the unsharded artifact.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -227,39 +227,13 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&st
     let shards = shard::open_shards(ctx, &spec, shards)?;
     ctx.produce(spec, |dir| {
         let rows = eval_rows(&prompts, &p.eval.generate_tasks)?;
-        let mut position: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            ensure!(
-                position.insert(r.prompt_id.as_str(), i).is_none(),
-                "eval.parquet of {}: prompt {} appears twice; cannot merge shards by prompt id",
-                prompts.dir.display(),
-                r.prompt_id
-            );
-        }
-        let mut slots: Vec<Option<EvalRow>> = vec![None; rows.len()];
-        for (s, a) in &shards {
-            let file = a.path(names::file::EVAL)?;
-            for row in read_table::<EvalRow>(&file)? {
-                let what = || format!("{}: prompt {}", file.display(), row.prompt_id);
-                let Some(&pos) = position.get(row.prompt_id.as_str()) else {
-                    bail!("{}: not an eval prompt of {}", what(), prompts.dir.display());
-                };
-                ensure!(s.keeps(pos), "{}: eval position {pos} does not belong to shard {s}", what());
-                let slot = &mut slots[pos];
-                ensure!(slot.is_none(), "{}: appears twice", what());
-                *slot = Some(row);
-            }
-        }
-        let evals = slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, row)| {
-                row.ok_or_else(|| {
-                    let owner = shards.iter().find(|(s, _)| s.keeps(i)).map(|(_, a)| a.dir.display().to_string());
-                    anyhow::anyhow!("shard artifact {} lacks eval prompt {}", owner.unwrap_or_default(), rows[i].prompt_id)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layout = shard::Layout {
+            keys: rows.iter().enumerate().map(|(pos, r)| (r.prompt_id.clone(), pos)).collect(),
+            source: format!("the eval prompts of {}", prompts.dir.display()),
+        };
+        let evals = shard::merge_rows(&shards, names::file::EVAL, &layout, |r: &EvalRow| r.prompt_id.clone(), |id| {
+            format!("eval prompt {id}")
+        })?;
         let n = write_table(&dir.join(names::file::EVAL), &evals)?;
         let mut extra = summarize(&evals);
         let summed = shard::merged_extra(&shards, &SUMMED_EXTRA);

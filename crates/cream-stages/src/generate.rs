@@ -1,9 +1,8 @@
 //! The `generate` stage (spec step 1): N samples per prompt of this iteration's prompt subset.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use cream_core::{Artifact, ArtifactSpec, InputRef, ProduceOutput, PromptRow, SampleRow, read_table, write_table};
 use cream_lm::{GenRequest, SamplingParams};
 use serde_json::json;
@@ -154,38 +153,22 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: us
     ctx.produce(spec, |dir| {
         let pool: Vec<PromptRow> = read_table(&prompts.path(names::file::POOL)?)?;
         let rows = iteration_prompts(pool, iteration, p.iterations)?;
-        let position: HashMap<&str, usize> = rows.iter().enumerate().map(|(i, r)| (r.prompt_id.as_str(), i)).collect();
-        // slots[position * n + sample_idx]: the unsharded row order.
-        let mut slots: Vec<Option<SampleRow>> = vec![None; rows.len() * n];
-        for (s, a) in &shards {
-            let file = a.path(names::file::SAMPLES)?;
-            for row in read_table::<SampleRow>(&file)? {
-                let what = || format!("{}: prompt {} sample {}", file.display(), row.prompt_id, row.sample_idx);
-                let Some(&pos) = position.get(row.prompt_id.as_str()) else {
-                    bail!("{}: not a prompt of iteration {iteration}", what());
-                };
-                ensure!(s.keeps(pos), "{}: prompt position {pos} does not belong to shard {s}", what());
-                ensure!((row.sample_idx as usize) < n, "{}: sample index is not below [generate] n = {n}", what());
-                let slot = &mut slots[pos * n + row.sample_idx as usize];
-                ensure!(slot.is_none(), "{}: appears twice", what());
-                *slot = Some(row);
-            }
-        }
-        let samples = slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, row)| {
-                row.ok_or_else(|| {
-                    let owner = shards.iter().find(|(s, _)| s.keeps(i / n)).map(|(_, a)| a.dir.display().to_string());
-                    anyhow::anyhow!(
-                        "shard artifact {} lacks prompt {} sample {}",
-                        owner.unwrap_or_default(),
-                        rows[i / n].prompt_id,
-                        i % n
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layout = shard::Layout {
+            // Row pos * n + k of the unsharded table: sample k of the prompt at position pos.
+            keys: rows
+                .iter()
+                .enumerate()
+                .flat_map(|(pos, r)| (0..n as u32).map(move |k| ((r.prompt_id.clone(), k), pos)))
+                .collect(),
+            source: format!("the [generate] n = {n} samples of each prompt of iteration {iteration}"),
+        };
+        let samples = shard::merge_rows(
+            &shards,
+            names::file::SAMPLES,
+            &layout,
+            |r: &SampleRow| (r.prompt_id.clone(), r.sample_idx),
+            shard::show_sample,
+        )?;
         let count = write_table(&dir.join(names::file::SAMPLES), &samples)?;
         Ok(ProduceOutput { extra: shard::merged_extra(&shards, &SUMMED_EXTRA), ..Default::default() }
             .with_rows(names::file::SAMPLES, count))

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use cream_core::{Artifact, ArtifactSpec, InputRef, ProduceOutput, SampleRow, ScoreRow, read_table, write_table};
 use cream_lm::ScoreOptions;
 use serde_json::json;
@@ -136,38 +136,17 @@ pub fn merge_scores(
     ctx.produce(spec, |dir| {
         let rows: Vec<SampleRow> = read_table(&samples.path(names::file::SAMPLES)?)?;
         let positions = prompt_positions(&rows);
-        let index: HashMap<(&str, u32), usize> =
-            rows.iter().enumerate().map(|(i, r)| ((r.prompt_id.as_str(), r.sample_idx), i)).collect();
-        ensure!(index.len() == rows.len(), "{}: a (prompt_id, sample_idx) appears twice", samples.dir.display());
-        // slots[i]: the score of samples.parquet row i (the unsharded row order).
-        let mut slots: Vec<Option<ScoreRow>> = vec![None; rows.len()];
-        for (s, a) in &shards {
-            let file = a.path(names::file::SCORES)?;
-            for row in read_table::<ScoreRow>(&file)? {
-                let what = || format!("{}: prompt {} sample {}", file.display(), row.prompt_id, row.sample_idx);
-                let Some(&i) = index.get(&(row.prompt_id.as_str(), row.sample_idx)) else {
-                    bail!("{}: not a sample of {}", what(), samples.dir.display());
-                };
-                ensure!(s.keeps(positions[i]), "{}: prompt position {} does not belong to shard {s}", what(), positions[i]);
-                ensure!(slots[i].is_none(), "{}: appears twice", what());
-                slots[i] = Some(row);
-            }
-        }
-        let scores = slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, row)| {
-                row.ok_or_else(|| {
-                    let owner = shards.iter().find(|(s, _)| s.keeps(positions[i])).map(|(_, a)| a.dir.display().to_string());
-                    anyhow::anyhow!(
-                        "shard artifact {} lacks the score of prompt {} sample {}",
-                        owner.unwrap_or_default(),
-                        rows[i].prompt_id,
-                        rows[i].sample_idx
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layout = shard::Layout {
+            keys: rows.iter().zip(positions).map(|(r, pos)| ((r.prompt_id.clone(), r.sample_idx), pos)).collect(),
+            source: format!("the samples {}", samples.dir.display()),
+        };
+        let scores = shard::merge_rows(
+            &shards,
+            names::file::SCORES,
+            &layout,
+            |r: &ScoreRow| (r.prompt_id.clone(), r.sample_idx),
+            shard::show_sample,
+        )?;
         let n = write_table(&dir.join(names::file::SCORES), &scores)?;
         Ok(ProduceOutput { extra: shard::merged_extra(&shards, &[]), ..Default::default() }
             .with_rows(names::file::SCORES, n))
