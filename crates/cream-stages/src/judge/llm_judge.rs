@@ -1,127 +1,21 @@
-//! The `judge` stage (spec step 3): rewards of samples, from `score` artifacts (see
-//! [`crate::score`]) or from the policy model's own judgements.
-//!
-//! Modes: `dpo` (S_policy - S_ref) or `likelihood` (mean token log-prob under one model, the
-//! previous-model ranking at t = 1). The third mode, `llm-judge`, is the Self-Rewarding LM
-//! baseline (Yuan et al. 2024, Fig. 2): the policy model judges each sample with an additive
-//! 5-point rubric, k sampled judgements averaged (see [`run`]).
+//! The `llm-judge` mode of `judge`: the Self-Rewarding LM baseline (Yuan et al. 2024, Fig. 2).
+//! The policy model judges each sample with an additive 5-point rubric ([`JUDGE_TEMPLATE`]); the
+//! reward is the mean of k sampled judgements' parsed scores ([`parse_score`]).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use cream_core::{
-    Artifact, ArtifactSpec, JudgementRow, ProduceOutput, RewardRow, SampleRow, ScoreRow, read_table, write_table,
+    Artifact, ArtifactSpec, InputRef, JudgementRow, ProduceOutput, RewardRow, SampleRow, read_table, write_table,
 };
-use cream_lm::{GenRequest, SamplingParams};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use cream_lm::{ChatTokenizer, GenOutput, GenRequest, LoadedModel, SamplingParams};
+use serde_json::{Value, json};
 
+use super::JudgeMode;
 use crate::config::Pipeline;
 use crate::ctx::Ctx;
 use crate::names;
-use crate::score::score;
-
-/// How rewards are computed from scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JudgeMode {
-    /// DPO implicit reward S_policy - S_ref (no beta, no length normalisation).
-    Dpo,
-    /// Mean token log-likelihood under the policy alone (previous-model ranking at t = 1).
-    Likelihood,
-    /// LLM-as-a-judge: the mean of k sampled rubric scores (0-5) given by the policy model
-    /// (the Self-Rewarding LM baseline).
-    LlmJudge,
-}
-
-impl JudgeMode {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "dpo" => Ok(JudgeMode::Dpo),
-            "likelihood" => Ok(JudgeMode::Likelihood),
-            "llm-judge" => Ok(JudgeMode::LlmJudge),
-            other => bail!("unknown judge mode {other:?}; expected dpo, likelihood or llm-judge"),
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JudgeMode::Dpo => "dpo",
-            JudgeMode::Likelihood => "likelihood",
-            JudgeMode::LlmJudge => "llm-judge",
-        }
-    }
-}
-
-/// Rewards of `samples` under `policy` (and `reference` for `dpo`), as `rewards.parquet`.
-///
-/// `dpo` and `likelihood` use `p.judge.batch_tokens` and key their artifact on the mode alone.
-/// `llm-judge` ignores `reference` and uses `p.seed`, the `judge_*` fields and `judgements` of
-/// `p.judge` (all in its artifact key) and `p.generate.batch_size` (not in the key: sampling is
-/// batch-size independent); its artifact also holds `judgements.parquet` (see the private `llm_judge`).
-pub fn run(
-    ctx: &Ctx,
-    p: &Pipeline,
-    samples: &str,
-    mode: JudgeMode,
-    policy: &Path,
-    reference: Option<&Path>,
-) -> Result<Artifact> {
-    let batch_tokens = p.judge.batch_tokens;
-    let samples = ctx.open(samples, names::stage::GENERATE)?;
-    if mode == JudgeMode::LlmJudge {
-        if reference.is_some() {
-            ctx.log("judge: mode llm-judge uses no reference model; --reference is ignored");
-        }
-        return llm_judge(ctx, p, &samples, policy);
-    }
-    let pol = score(ctx, &samples, policy, batch_tokens)?;
-    let reference = match (mode, reference) {
-        (JudgeMode::Dpo, Some(r)) => Some(score(ctx, &samples, r, batch_tokens)?),
-        (JudgeMode::Dpo, None) => bail!("judge mode dpo needs a reference model (M0)"),
-        (JudgeMode::Likelihood | JudgeMode::LlmJudge, _) => None,
-    };
-    let mut inputs = vec![samples.as_input("samples"), pol.as_input("policy_scores")];
-    if let Some(r) = &reference {
-        inputs.push(r.as_input("reference_scores"));
-    }
-    let spec = ArtifactSpec { stage: names::stage::JUDGE.into(), schema_version: 1, params: json!({"mode": mode.as_str()}), inputs };
-    ctx.produce(spec, |dir| {
-        let pol_rows: Vec<ScoreRow> = read_table(&pol.path(names::file::SCORES)?)?;
-        let ref_map: Option<HashMap<(String, u32), f64>> = match &reference {
-            Some(r) => Some(
-                read_table::<ScoreRow>(&r.path(names::file::SCORES)?)?
-                    .into_iter()
-                    .map(|s| ((s.prompt_id, s.sample_idx), s.sum_logprob))
-                    .collect(),
-            ),
-            None => None,
-        };
-        let mut rewards = Vec::with_capacity(pol_rows.len());
-        for s in pol_rows {
-            ensure!(s.n_scored > 0, "scores.parquet: prompt {} sample {} has no scored tokens", s.prompt_id, s.sample_idx);
-            let (s_ref, reward) = match &ref_map {
-                Some(m) => {
-                    let r = *m.get(&(s.prompt_id.clone(), s.sample_idx)).with_context(|| {
-                        format!("reference scores lack prompt {} sample {}", s.prompt_id, s.sample_idx)
-                    })?;
-                    (Some(r), s.sum_logprob - r)
-                }
-                None => (None, s.sum_logprob / s.n_scored as f64),
-            };
-            rewards.push(RewardRow {
-                prompt_id: s.prompt_id,
-                sample_idx: s.sample_idx,
-                mode: mode.as_str().into(),
-                s_policy: s.sum_logprob,
-                s_ref,
-                n_scored: s.n_scored,
-                reward,
-            });
-        }
-        let n = write_table(&dir.join(names::file::REWARDS), &rewards)?;
-        Ok(ProduceOutput::default().with_rows(names::file::REWARDS, n))
-    })
-}
 
 /// The judge prompt of the `llm-judge` mode, a close paraphrase of Yuan et al. 2024 ("Self-Rewarding
 /// Language Models"), Fig. 2: an additive 5-point rubric. `{question}` and `{response}` are
@@ -240,7 +134,7 @@ fn ratio(n: usize, d: usize) -> f64 {
     if d == 0 { 0.0 } else { n as f64 / d as f64 }
 }
 
-/// The `llm-judge` mode. For every sample, `p.judge.judgements` judgements are sampled from the
+/// Rewards of `samples` by the `llm-judge` mode. For every sample, `p.judge.judgements` judgements are sampled from the
 /// policy model on [`judge_prompt`] (rendered as one user turn with the model's chat template),
 /// judgement j of sample (x, i) with seed `sample_seed(p.seed, "<prompt_id>:<i>", j)`.
 ///
@@ -255,15 +149,57 @@ fn ratio(n: usize, d: usize) -> f64 {
 ///   (fraction of judgements without a score), `failed_samples` (samples with `n_scored` = 0),
 ///   `tie_rate` (fraction of prompts whose samples' rewards contain a tie), `mean_reward`,
 ///   `length_stops` (judgements cut by `judge_max_new_tokens`) and `new_tokens`.
-fn llm_judge(ctx: &Ctx, p: &Pipeline, samples: &Artifact, policy: &Path) -> Result<Artifact> {
-    let j = p.judge.clone();
+pub(super) fn run(ctx: &Ctx, p: &Pipeline, samples: &Artifact, policy: &Path) -> Result<Artifact> {
     let (model_in, model_path) = ctx.model_input("policy", policy)?;
-    let params = SamplingParams {
-        temperature: j.judge_temperature,
-        top_p: j.judge_top_p,
-        max_new_tokens: j.judge_max_new_tokens,
-    };
-    let spec = ArtifactSpec {
+    let spec = spec(p, samples, model_in);
+    let k = p.judge.judgements;
+    ctx.produce(spec, |dir| {
+        let rows: Vec<SampleRow> = read_table(&samples.path(names::file::SAMPLES)?)?;
+        let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        let reqs = requests(&lm, &rows, p)?;
+        let pb = crate::progress::bar(reqs.len(), "llm-judge", ctx.quiet);
+        let outs = cream_lm::generate(&lm.model, lm.tokenizer.stop_ids(), &reqs, &sampling(p), p.generate.batch_size, &mut |n| {
+            pb.set_position(n as u64)
+        })?;
+        pb.finish_and_clear();
+        let mut judged = Judged::default();
+        for (r, outs) in rows.iter().zip(outs.chunks(k)) {
+            judged.add(&lm.tokenizer, r, outs)?;
+        }
+        let extra = judged.summary(k);
+        ctx.log(format!(
+            "llm-judge: {} judgements of {} samples, parse failures {} ({:.1}%), failed samples {}, tie \
+             rate {:.1}%, mean reward {:.3}",
+            judged.judgements.len(),
+            rows.len(),
+            judged.judgements.iter().filter(|j| j.score.is_none()).count(),
+            100.0 * extra["parse_failure_rate"].as_f64().unwrap_or(f64::NAN),
+            extra["failed_samples"],
+            100.0 * extra["tie_rate"].as_f64().unwrap_or(f64::NAN),
+            extra["mean_reward"].as_f64().unwrap_or(f64::NAN),
+        ));
+        let n_rewards = write_table(&dir.join(names::file::REWARDS), &judged.rewards)?;
+        let n_judgements = write_table(&dir.join(names::file::JUDGEMENTS), &judged.judgements)?;
+        Ok(ProduceOutput { extra, ..Default::default() }
+            .with_rows(names::file::REWARDS, n_rewards)
+            .with_rows(names::file::JUDGEMENTS, n_judgements))
+    })
+}
+
+/// The judge's sampling parameters (`[judge] judge_*`).
+fn sampling(p: &Pipeline) -> SamplingParams {
+    SamplingParams {
+        temperature: p.judge.judge_temperature,
+        top_p: p.judge.judge_top_p,
+        max_new_tokens: p.judge.judge_max_new_tokens,
+    }
+}
+
+/// The artifact spec: everything that decides the judgements (seed, k, sampling, the template's
+/// blake3 and the parser version) and the samples and policy model.
+fn spec(p: &Pipeline, samples: &Artifact, model: InputRef) -> ArtifactSpec {
+    let j = &p.judge;
+    ArtifactSpec {
         stage: names::stage::JUDGE.into(),
         schema_version: 1,
         params: json!({
@@ -276,102 +212,99 @@ fn llm_judge(ctx: &Ctx, p: &Pipeline, samples: &Artifact, policy: &Path) -> Resu
             "template_blake3": cream_core::hash_bytes(JUDGE_TEMPLATE.as_bytes()),
             "parser": PARSER_VERSION,
         }),
-        inputs: vec![samples.as_input("samples"), model_in],
-    };
-    let (seed, batch_size, k) = (p.seed, p.generate.batch_size, j.judgements);
-    ctx.produce(spec, |dir| {
-        let rows: Vec<SampleRow> = read_table(&samples.path(names::file::SAMPLES)?)?;
-        let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
-        let max_pos = lm.model.cfg.max_position_embeddings;
-        let mut reqs = Vec::with_capacity(rows.len() * k);
-        for r in &rows {
-            let ids = lm.tokenizer.encode_prompt(&judge_prompt(&r.prompt, &r.response))?;
-            ensure!(
-                ids.len() + params.max_new_tokens <= max_pos,
-                "llm-judge: the judge prompt of prompt {} sample {} has {} tokens; with \
-                 judge_max_new_tokens = {} it exceeds the context window of {max_pos}; lower \
-                 [judge] judge_max_new_tokens or [generate] max_new_tokens / max_prompt_tokens",
-                r.prompt_id,
-                r.sample_idx,
-                ids.len(),
-                params.max_new_tokens
-            );
-            let key = format!("{}:{}", r.prompt_id, r.sample_idx);
-            for jdx in 0..k as u32 {
-                let seed = cream_lm::rng::sample_seed(seed, &key, jdx);
-                reqs.push(GenRequest { prompt_ids: ids.clone(), seed });
-            }
+        inputs: vec![samples.as_input("samples"), model],
+    }
+}
+
+/// The generation requests: `[judge] judgements` per sample, in sample order, judgement j of
+/// sample (x, i) seeded by `sample_seed(p.seed, "<prompt_id>:<i>", j)`. A judge prompt that
+/// cannot fit its answer into the context window is an error naming the sample.
+fn requests(lm: &LoadedModel, rows: &[SampleRow], p: &Pipeline) -> Result<Vec<GenRequest>> {
+    let (k, max_new_tokens) = (p.judge.judgements, p.judge.judge_max_new_tokens);
+    let max_pos = lm.model.cfg.max_position_embeddings;
+    let mut reqs = Vec::with_capacity(rows.len() * k);
+    for r in rows {
+        let ids = lm.tokenizer.encode_prompt(&judge_prompt(&r.prompt, &r.response))?;
+        ensure!(
+            ids.len() + max_new_tokens <= max_pos,
+            "llm-judge: the judge prompt of prompt {} sample {} has {} tokens; with \
+             judge_max_new_tokens = {} it exceeds the context window of {max_pos}; lower \
+             [judge] judge_max_new_tokens or [generate] max_new_tokens / max_prompt_tokens",
+            r.prompt_id,
+            r.sample_idx,
+            ids.len(),
+            max_new_tokens
+        );
+        let key = format!("{}:{}", r.prompt_id, r.sample_idx);
+        for jdx in 0..k as u32 {
+            let seed = cream_lm::rng::sample_seed(p.seed, &key, jdx);
+            reqs.push(GenRequest { prompt_ids: ids.clone(), seed });
         }
-        let pb = crate::progress::bar(reqs.len(), "llm-judge", ctx.quiet);
-        let outs = cream_lm::generate(&lm.model, lm.tokenizer.stop_ids(), &reqs, &params, batch_size, &mut |n| {
-            pb.set_position(n as u64)
-        })?;
-        pb.finish_and_clear();
-        let stops = lm.tokenizer.stop_ids();
-        let mut judgements = Vec::with_capacity(outs.len());
-        let mut rewards = Vec::with_capacity(rows.len());
-        let (mut new_tokens, mut length_stops) = (0u64, 0usize);
-        for (r, outs) in rows.iter().zip(outs.chunks(k)) {
-            let mut parsed = Vec::with_capacity(k);
-            for (jdx, out) in outs.iter().enumerate() {
-                new_tokens += out.tokens.len() as u64;
-                length_stops += usize::from(out.finish == cream_lm::FinishReason::Length);
-                let text_ids: Vec<u32> = out.tokens.iter().copied().filter(|t| !stops.contains(t)).collect();
-                let text = lm.tokenizer.decode(&text_ids)?;
-                let score = parse_score(&text);
-                parsed.extend(score);
-                judgements.push(JudgementRow {
-                    prompt_id: r.prompt_id.clone(),
-                    sample_idx: r.sample_idx,
-                    judgement_idx: jdx as u32,
-                    text,
-                    score,
-                    status: if score.is_some() { "ok" } else { "no_score" }.into(),
-                });
-            }
-            let reward = if parsed.is_empty() { 0.0 } else { parsed.iter().sum::<f64>() / parsed.len() as f64 };
-            rewards.push(RewardRow {
+    }
+    Ok(reqs)
+}
+
+/// The judgements and rewards gathered so far, with the generation counts of the manifest.
+#[derive(Default)]
+struct Judged {
+    judgements: Vec<JudgementRow>,
+    rewards: Vec<RewardRow>,
+    new_tokens: u64,
+    length_stops: usize,
+}
+
+impl Judged {
+    /// Adds sample `r`'s judgements `outs` (in judgement order) and its reward: the mean of the
+    /// parsed scores, or 0.0 with `n_scored` = 0 when none parsed.
+    fn add(&mut self, tok: &ChatTokenizer, r: &SampleRow, outs: &[GenOutput]) -> Result<()> {
+        let stops = tok.stop_ids();
+        let mut parsed = Vec::with_capacity(outs.len());
+        for (jdx, out) in outs.iter().enumerate() {
+            self.new_tokens += out.tokens.len() as u64;
+            self.length_stops += usize::from(out.finish == cream_lm::FinishReason::Length);
+            let text_ids: Vec<u32> = out.tokens.iter().copied().filter(|t| !stops.contains(t)).collect();
+            let text = tok.decode(&text_ids)?;
+            let score = parse_score(&text);
+            parsed.extend(score);
+            self.judgements.push(JudgementRow {
                 prompt_id: r.prompt_id.clone(),
                 sample_idx: r.sample_idx,
-                mode: JudgeMode::LlmJudge.as_str().into(),
-                s_policy: reward,
-                s_ref: None,
-                n_scored: parsed.len() as u32,
-                reward,
+                judgement_idx: jdx as u32,
+                text,
+                score,
+                status: if score.is_some() { "ok" } else { "no_score" }.into(),
             });
         }
-        let failures = judgements.iter().filter(|j| j.score.is_none()).count();
-        let failed_samples = rewards.iter().filter(|r| r.n_scored == 0).count();
-        let parse_failure_rate = ratio(failures, judgements.len());
-        let tie_rate = tie_rate(&rewards);
+        let reward = if parsed.is_empty() { 0.0 } else { parsed.iter().sum::<f64>() / parsed.len() as f64 };
+        self.rewards.push(RewardRow {
+            prompt_id: r.prompt_id.clone(),
+            sample_idx: r.sample_idx,
+            mode: JudgeMode::LlmJudge.as_str().into(),
+            s_policy: reward,
+            s_ref: None,
+            n_scored: parsed.len() as u32,
+            reward,
+        });
+        Ok(())
+    }
+
+    /// The manifest `extra` (see [`run`]); `k` judgements per sample.
+    fn summary(&self, k: usize) -> Value {
+        let failures = self.judgements.iter().filter(|j| j.score.is_none()).count();
+        let rewards = &self.rewards;
         let mean_reward =
             if rewards.is_empty() { 0.0 } else { rewards.iter().map(|r| r.reward).sum::<f64>() / rewards.len() as f64 };
-        ctx.log(format!(
-            "llm-judge: {} judgements of {} samples, parse failures {failures} ({:.1}%), failed samples \
-             {failed_samples}, tie rate {:.1}%, mean reward {mean_reward:.3}",
-            judgements.len(),
-            rows.len(),
-            100.0 * parse_failure_rate,
-            100.0 * tie_rate
-        ));
-        let n_rewards = write_table(&dir.join(names::file::REWARDS), &rewards)?;
-        let n_judgements = write_table(&dir.join(names::file::JUDGEMENTS), &judgements)?;
-        Ok(ProduceOutput {
-            extra: json!({
-                "judgements": judgements.len(),
-                "judgements_per_sample": k,
-                "parse_failure_rate": parse_failure_rate,
-                "failed_samples": failed_samples,
-                "tie_rate": tie_rate,
-                "mean_reward": mean_reward,
-                "length_stops": length_stops,
-                "new_tokens": new_tokens,
-            }),
-            ..Default::default()
-        }
-        .with_rows(names::file::REWARDS, n_rewards)
-        .with_rows(names::file::JUDGEMENTS, n_judgements))
-    })
+        json!({
+            "judgements": self.judgements.len(),
+            "judgements_per_sample": k,
+            "parse_failure_rate": ratio(failures, self.judgements.len()),
+            "failed_samples": rewards.iter().filter(|r| r.n_scored == 0).count(),
+            "tie_rate": tie_rate(rewards),
+            "mean_reward": mean_reward,
+            "length_stops": self.length_stops,
+            "new_tokens": self.new_tokens,
+        })
+    }
 }
 
 #[cfg(test)]
