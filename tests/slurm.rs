@@ -1,6 +1,6 @@
 //! The Slurm executor on a real (throwaway, single-node) Slurm cluster started by the test
-//! (scripts/slurm-local.sh; `just test` installs Debian's Slurm packages). On the smoke pipeline
-//! with 2 shards per shardable stage:
+//! (scripts/slurm-local.sh; `just test` installs Debian's Slurm packages). On the smoke pipeline (one
+//! iteration) with 2 shards per shardable stage:
 //! - a Slurm run produces the same artifact keys and byte-identical files as a local run;
 //! - an array task cancelled mid-run (scancel) stops the run with a message naming the stage, the
 //!   shard and its log file, and the rerun resubmits only what is missing;

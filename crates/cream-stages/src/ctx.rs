@@ -73,7 +73,7 @@ impl Ctx {
     /// external model.
     pub fn model_input(&self, role: &str, path: &Path) -> Result<(InputRef, PathBuf)> {
         let inside_store = std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(self.store.root()));
-        match self.store.open_artifact(&path.to_string_lossy(), Some("train")) {
+        match self.store.open_artifact(&path.to_string_lossy(), Some(crate::names::stage::TRAIN)) {
             Ok(a) => return Ok((a.as_input(role), a.dir.clone())),
             Err(e) if inside_store => {
                 return Err(e.context(format!("--{role} {} is not a usable model", path.display())));
@@ -98,7 +98,7 @@ impl Ctx {
                 format!("model {} is not readable; run `just setup` for the default model", path.display())
             })?
         };
-        Ok((InputRef { name: role.into(), stage: "source".into(), id }, path.to_path_buf()))
+        Ok((InputRef { name: role.into(), stage: crate::names::stage::SOURCE.into(), id }, path.to_path_buf()))
     }
 }
 

@@ -25,10 +25,8 @@ use serde_json::{Value, json};
 
 use crate::config::{DataSection, DataSource, SourceFormat, SourceRole};
 use crate::ctx::Ctx;
+use crate::names;
 
-pub const STAGE: &str = "prepare";
-/// The multiple-choice table of a `prepare` artifact (items for log-likelihood evaluation).
-pub const MC_FILE: &str = "mc.parquet";
 /// Output schema version: 2 added `mc.parquet`.
 const SCHEMA_VERSION: u32 = 2;
 /// Appended to evaluation questions (spec, "Evaluation").
@@ -337,7 +335,7 @@ impl Tables {
 
     /// A prompt of `pool.parquet`; `given_id`: its id is the data file's `id`, not a content hash.
     fn prompt(&mut self, row: PromptRow, given_id: bool, origin: Origin) -> Result<()> {
-        self.claim("pool.parquet", &row.prompt_id, &origin)?;
+        self.claim(names::file::POOL, &row.prompt_id, &origin)?;
         if !given_id {
             self.pool_hash_ids.insert(row.prompt_id.clone(), origin.clone());
         }
@@ -347,14 +345,14 @@ impl Tables {
     }
 
     fn sft(&mut self, row: PromptRow, origin: Origin) -> Result<()> {
-        self.claim("sft.parquet", &row.prompt_id, &origin)?;
+        self.claim(names::file::SFT, &row.prompt_id, &origin)?;
         self.sft.push(row);
         Ok(())
     }
 
     /// An item of `eval.parquet` whose question (its prompt before [`EVAL_SUFFIX`]) is `question`.
     fn eval(&mut self, row: PromptRow, question: &str, given_id: bool, origin: Origin) -> Result<()> {
-        self.claim("eval.parquet", &row.prompt_id, &origin)?;
+        self.claim(names::file::EVAL_PROMPTS, &row.prompt_id, &origin)?;
         self.eval_questions.push((row.prompt_id.clone(), given_id, question.to_string(), origin));
         self.eval.push(row);
         Ok(())
@@ -362,7 +360,7 @@ impl Tables {
 
     /// A multiple-choice item of `mc.parquet` (one row per option).
     fn mc(&mut self, task: &str, item: McItem, given_id: bool, origin: Origin) -> Result<()> {
-        self.claim(MC_FILE, &item.id, &origin)?;
+        self.claim(names::file::MC, &item.id, &origin)?;
         self.eval_questions.push((item.id.clone(), given_id, item.question.clone(), origin));
         self.mc.extend(choice_rows(task, vec![item]));
         Ok(())
@@ -606,7 +604,7 @@ pub fn run(ctx: &Ctx, data: &DataSection) -> Result<Artifact> {
         }
         params["sources"] = sources;
     }
-    let spec = ArtifactSpec { stage: STAGE.into(), schema_version: SCHEMA_VERSION, params, inputs };
+    let spec = ArtifactSpec { stage: names::stage::PREPARE.into(), schema_version: SCHEMA_VERSION, params, inputs };
     ctx.produce(spec, |dir| {
         let mut t = Tables::default();
         let origin = |path: &Path, set: &str| format!("{} ({set})", path.display());
@@ -734,7 +732,7 @@ pub fn run(ctx: &Ctx, data: &DataSection) -> Result<Artifact> {
                     for it in hash_order(generative, |it| &it.id, &salt, s.limit.unwrap_or(data.eval_per_task)) {
                         let (o, gold) = (origin(&it), it.gold.unwrap_or_default());
                         // A gold answer the eval stage could not grade is refused now, not after generation.
-                        crate::eval::grade(&s.task, "", &gold, false).with_context(|| format!("{o}: the gold answer"))?;
+                        crate::grade::grade(&s.task, "", &gold, false).with_context(|| format!("{o}: the gold answer"))?;
                         let prompt = format!("{}{EVAL_SUFFIX}", it.question);
                         t.eval(row(it.id, prompt, Some(gold)), &it.question, it.given_id, o)?;
                     }
@@ -752,16 +750,16 @@ pub fn run(ctx: &Ctx, data: &DataSection) -> Result<Artifact> {
         }
         ensure!(!t.pool.is_empty(), "the prompt pool is empty; check [data] in the pipeline config");
         t.check_disjoint()?;
-        let n_pool = write_table(&dir.join("pool.parquet"), &t.pool)?;
-        let n_eval = write_table(&dir.join("eval.parquet"), &t.eval)?;
-        let n_sft = write_table(&dir.join("sft.parquet"), &t.sft)?;
-        let n_mc = write_table(&dir.join(MC_FILE), &t.mc)?;
+        let n_pool = write_table(&dir.join(names::file::POOL), &t.pool)?;
+        let n_eval = write_table(&dir.join(names::file::EVAL_PROMPTS), &t.eval)?;
+        let n_sft = write_table(&dir.join(names::file::SFT), &t.sft)?;
+        let n_mc = write_table(&dir.join(names::file::MC), &t.mc)?;
         let extra = json!({ "mc_conflicting_items_dropped": dropped });
         Ok(ProduceOutput { extra, ..Default::default() }
-            .with_rows(MC_FILE, n_mc)
-            .with_rows("pool.parquet", n_pool)
-            .with_rows("eval.parquet", n_eval)
-            .with_rows("sft.parquet", n_sft))
+            .with_rows(names::file::MC, n_mc)
+            .with_rows(names::file::POOL, n_pool)
+            .with_rows(names::file::EVAL_PROMPTS, n_eval)
+            .with_rows(names::file::SFT, n_sft))
     })
 }
 

@@ -16,9 +16,7 @@ use serde_json::json;
 
 use crate::config::{Pipeline, TrainSection};
 use crate::ctx::{Ctx, params};
-
-pub const STAGE: &str = "train";
-const METRICS_FILE: &str = "metrics.parquet";
+use crate::names;
 
 /// Optimizer steps for `n` examples: ceil(n / global_batch) per epoch, capped by `max_steps`.
 pub fn total_steps(n: usize, t: &TrainSection) -> usize {
@@ -77,7 +75,7 @@ fn optimize(
             r.step,
             r.extra["total_steps"]
         );
-        metrics = read_table(&r.dir.join(METRICS_FILE))?;
+        metrics = read_table(&r.dir.join(names::file::METRICS))?;
         ensure!(metrics.len() == r.step, "checkpoint {}: {} metric rows for step {}", r.dir.display(), metrics.len(), r.step);
         ctx.log(format!("{what}: resuming after step {} of {total} from {}", r.step, r.dir.display()));
         start = r.step;
@@ -122,7 +120,7 @@ fn optimize(
         let done = step + 1;
         if t.checkpoint_every > 0 && done % t.checkpoint_every == 0 && done < total {
             cream_lm::checkpoint::save(&dirs.checkpoints, done, &lm.model, &opt, &json!({"total_steps": total}), |d| {
-                write_table(&d.join(METRICS_FILE), &metrics).map(|_| ())
+                write_table(&d.join(names::file::METRICS), &metrics).map(|_| ())
             })?;
         }
     }
@@ -196,10 +194,10 @@ fn diverged(
 
 fn publish(lm: &LoadedModel, metrics: &[MetricRow], dir: &Path) -> Result<ProduceOutput> {
     cream_lm::save_hf_dir(&lm.model, &lm.tokenizer, dir)?;
-    let n = write_table(&dir.join(METRICS_FILE), metrics)?;
+    let n = write_table(&dir.join(names::file::METRICS), metrics)?;
     let last = metrics.last().map(|m| m.loss).unwrap_or(f64::NAN);
     Ok(ProduceOutput { extra: json!({"steps": metrics.len(), "final_loss": last}), ..Default::default() }
-        .with_rows(METRICS_FILE, n))
+        .with_rows(names::file::METRICS, n))
 }
 
 fn load_train_model(path: &Path) -> Result<LoadedModel> {
@@ -208,10 +206,10 @@ fn load_train_model(path: &Path) -> Result<LoadedModel> {
 
 /// SFT on the `prepare` artifact's sft.parquet: cross-entropy on response tokens only.
 pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::TRAIN.into(),
         // 2: metrics.parquet v2 (no wall-clock column).
         schema_version: 2,
         params: json!({"mode": "sft", "train": params(&p.sft)?}),
@@ -219,7 +217,7 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
     };
     let t = p.sft.clone();
     RunDirs::new(ctx, &spec).produce(ctx, spec, |dir, dirs| {
-        let rows: Vec<PromptRow> = read_table(&prompts.path("sft.parquet")?)?;
+        let rows: Vec<PromptRow> = read_table(&prompts.path(names::file::SFT)?)?;
         let lm = load_train_model(&model_path)?;
         let convs: Vec<Conversation> = rows
             .iter()
@@ -233,7 +231,7 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
                     conv.ids.len() <= context,
                     "{}: row {}: prompt + answer are {} tokens, more than the model's context window \
                      of {context}; shorten or drop that SFT example",
-                    prompts.dir.join("sft.parquet").display(),
+                    prompts.dir.join(names::file::SFT).display(),
                     r.prompt_id,
                     conv.ids.len()
                 );
@@ -258,19 +256,19 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
 
 /// DPO on a `pair` artifact, starting from (and referenced to) `model` = M_t.
 pub fn dpo(ctx: &Ctx, p: &Pipeline, pairs: &str, model: &Path) -> Result<Artifact> {
-    let pairs = ctx.open(pairs, "pair")?;
+    let pairs = ctx.open(pairs, names::stage::PAIR)?;
     let samples_ref = pairs
         .manifest
         .inputs
         .iter()
         .find(|i| i.name == "samples")
         .with_context(|| format!("pair artifact {} names no samples input", pairs.dir.display()))?;
-    let samples = ctx.open(&format!("{}/{}", samples_ref.stage, samples_ref.id), crate::generate::STAGE)?;
+    let samples = ctx.open(&format!("{}/{}", samples_ref.stage, samples_ref.id), names::stage::GENERATE)?;
     // Reference log-probs: S_{M_t} of every sample, the artifact the current-model judge made.
-    let reference = crate::judge::score(ctx, &samples, model, p.judge.batch_tokens)?;
+    let reference = crate::score::score(ctx, &samples, model, p.judge.batch_tokens)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::TRAIN.into(),
         // 2: metrics.parquet v2 (no wall-clock column).
         schema_version: 2,
         params: json!({"mode": "dpo", "train": params(&p.train)?}),
@@ -278,9 +276,9 @@ pub fn dpo(ctx: &Ctx, p: &Pipeline, pairs: &str, model: &Path) -> Result<Artifac
     };
     let t = p.train.clone();
     RunDirs::new(ctx, &spec).produce(ctx, spec, |dir, dirs| {
-        let rows: Vec<PairRow> = read_table(&pairs.path("pairs.parquet")?)?;
+        let rows: Vec<PairRow> = read_table(&pairs.path(names::file::PAIRS)?)?;
         ensure!(!rows.is_empty(), "{}: no preference pairs to train on", pairs.dir.display());
-        let ref_s: HashMap<(String, u32), f64> = read_table::<ScoreRow>(&reference.path("scores.parquet")?)?
+        let ref_s: HashMap<(String, u32), f64> = read_table::<ScoreRow>(&reference.path(names::file::SCORES)?)?
             .into_iter()
             .map(|s| ((s.prompt_id, s.sample_idx), s.sum_logprob))
             .collect();

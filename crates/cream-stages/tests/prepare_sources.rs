@@ -82,7 +82,7 @@ fn own_data_example_prepares_prompts_sft_and_eval_tables() {
     for r in &eval {
         // Every gold answer is gradable: a correct response scores.
         let response = format!("Let me think.\nAnswer: {}", r.answer.as_deref().unwrap());
-        assert!(cream_stages::eval::grade(&r.task, &response, r.answer.as_deref().unwrap(), false).unwrap().1, "{r:?}");
+        assert!(cream_stages::grade::grade(&r.task, &response, r.answer.as_deref().unwrap(), false).unwrap().1, "{r:?}");
     }
 
     // Items with choices are scored by log-likelihood; the gold is an index or a choice's text.
@@ -292,7 +292,7 @@ fn builtin_formats_as_sources() {
     // GSM8K gold: the number after ####, graded as a number under the custom task name.
     let r = &eval[0];
     let gold = r.answer.as_deref().unwrap();
-    assert!(cream_stages::eval::grade("math", &format!("Answer: {gold}.0"), gold, false).unwrap().1);
+    assert!(cream_stages::grade::grade("math", &format!("Answer: {gold}.0"), gold, false).unwrap().1);
     let mc: Vec<ChoiceRow> = table(&a, MC_FILE);
     assert_eq!(mc.iter().map(|r| (r.task.as_str(), r.choice.as_str(), r.gold)).collect::<Vec<_>>(), [
         ("physics", "melt", true),

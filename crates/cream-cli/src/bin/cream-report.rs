@@ -90,7 +90,7 @@ fn main() -> Result<()> {
         }
     }
     // Version 2: charts, intervals, log-likelihood and final-consistency columns.
-    let spec = ArtifactSpec { stage: "report".into(), schema_version: 2, params: json!({"name": p.name}), inputs };
+    let spec = ArtifactSpec { stage: cream_stages::names::stage::REPORT.into(), schema_version: 2, params: json!({"name": p.name}), inputs };
     let run_inputs = spec.inputs.clone();
     let a = ctx.produce(spec, |dir| {
         let df = cream_stages::report::build(&ctx, &p.name, &records)?;
@@ -99,7 +99,7 @@ fn main() -> Result<()> {
         let run = cream_stages::experiment::read_run(&ctx.store, &p.name, &run_inputs)?;
         let charts = cream_stages::experiment::draw(std::slice::from_ref(&run), dir)?;
         ctx.log(format!("report: charts {}", charts.join(", ")));
-        Ok(ProduceOutput::default().with_rows("report.parquet", df.height() as u64))
+        Ok(ProduceOutput::default().with_rows(cream_stages::names::file::REPORT, df.height() as u64))
     })?;
     println!("{}", cream_stages::report::render(&a)?);
     emit(&a);
