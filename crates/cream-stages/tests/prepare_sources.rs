@@ -314,7 +314,7 @@ fn config_errors_name_the_source() {
     assert!(e.contains("[[data.sources]] #1 (p.jsonl): task"), "{e}");
     let sft_siqa = "[[sources]]\npath = \"s.jsonl\"\ntask = \"s\"\nrole = \"sft\"\nformat = \"socialiqa\"\n";
     let d: DataSection = toml::from_str(sft_siqa).unwrap();
-    assert!(format!("{:#}", d.validate().unwrap_err()).contains("role = \"sft\" needs reference responses"));
+    assert!(format!("{:#}", d.validate().unwrap_err()).contains("role = \"sft\" needs reference responses, which format \"socialiqa\" does not have"));
     let unknown = "[[sources]]\npath = \"p.jsonl\"\ntask = \"t\"\nrole = \"prompt\"\n";
     let e = toml::from_str::<DataSection>(unknown).unwrap_err().to_string();
     assert!(e.contains("prompt") && e.contains("prompts"), "{e}");
