@@ -268,9 +268,9 @@ impl DataSection {
             );
             ensure!(
                 s.role != SourceRole::Sft || matches!(s.format, SourceFormat::Generic | SourceFormat::Gsm8k),
-                "{at}: role = \"sft\" needs reference responses, which format {:?} does not have; use format \
+                "{at}: role = \"sft\" needs reference responses, which format \"{}\" does not have; use format \
                  \"generic\" (with `answer`) or \"gsm8k\"",
-                s.format
+                format!("{:?}", s.format).to_lowercase()
             );
             ensure!(
                 s.role != SourceRole::Eval || s.format != SourceFormat::Quartz || self.mc_per_task.is_some(),

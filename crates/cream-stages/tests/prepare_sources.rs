@@ -314,8 +314,46 @@ fn config_errors_name_the_source() {
     assert!(e.contains("[[data.sources]] #1 (p.jsonl): task"), "{e}");
     let sft_siqa = "[[sources]]\npath = \"s.jsonl\"\ntask = \"s\"\nrole = \"sft\"\nformat = \"socialiqa\"\n";
     let d: DataSection = toml::from_str(sft_siqa).unwrap();
-    assert!(format!("{:#}", d.validate().unwrap_err()).contains("role = \"sft\" needs reference responses"));
+    assert!(format!("{:#}", d.validate().unwrap_err()).contains("role = \"sft\" needs reference responses, which format \"socialiqa\" does not have"));
     let unknown = "[[sources]]\npath = \"p.jsonl\"\ntask = \"t\"\nrole = \"prompt\"\n";
     let e = toml::from_str::<DataSection>(unknown).unwrap_err().to_string();
     assert!(e.contains("prompt") && e.contains("prompts"), "{e}");
+}
+
+/// A generic source in Parquet: `id` and `answer` may be integer columns, `choices` a list of
+/// strings; the rows are those of the same data in JSONL.
+#[test]
+fn generic_parquet_with_integer_and_list_columns() {
+    use polars::prelude::{NamedFrom, Series};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ctx = Ctx::new(&d.join("artifacts"), true).unwrap();
+    let prompts = source(&prompts_file(d), "mine", SourceRole::Prompts);
+    let pq = d.join("eval.parquet");
+    let choices = [Series::new("".into(), ["red", "blue"]), Series::new("".into(), ["up", "down", "left"])];
+    let mut df = DataFrame::new_infer_height(vec![
+        Column::new("id".into(), [11i64, 12]),
+        Column::new("prompt".into(), ["Sky colour?", "Which way is north on a map?"]),
+        Column::new("choices".into(), Series::new("choices".into(), choices)),
+        Column::new("answer".into(), [1i64, 0]),
+    ])
+    .unwrap();
+    ParquetWriter::new(&mut std::fs::File::create(&pq).unwrap()).finish(&mut df).unwrap();
+    let jsonl = write_jsonl(
+        &d.join("eval.jsonl"),
+        &[
+            json!({"id": 11, "prompt": "Sky colour?", "choices": ["red", "blue"], "answer": 1}),
+            json!({"id": 12, "prompt": "Which way is north on a map?", "choices": ["up", "down", "left"], "answer": "up"}),
+        ],
+    );
+    let run = |f: &Path| {
+        let a = prepare::run(&ctx, &data(vec![prompts.clone(), source(f, "mine", SourceRole::Eval)], Some(0))).unwrap();
+        table::<ChoiceRow>(&a, MC_FILE)
+    };
+    let rows = run(&pq);
+    assert_eq!(rows.len(), 5);
+    let gold: Vec<(&str, &str)> = rows.iter().filter(|r| r.gold).map(|r| (r.item_id.as_str(), r.choice.as_str())).collect();
+    assert_eq!(gold.len(), 2);
+    assert!(gold.contains(&("11", "blue")) && gold.contains(&("12", "up")), "{gold:?}");
+    assert_eq!(run(&jsonl), rows);
 }
