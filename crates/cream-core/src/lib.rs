@@ -17,8 +17,8 @@ pub mod store;
 
 pub use hash::{ArtifactId, InputRef, artifact_key, canonical_json, hash_bytes, hash_file};
 pub use schema::{
-    ChoiceRow, ConsistencyRow, EvalRow, McEvalRow, JudgementRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow,
-    ScoreRow, Table, read_table, write_table,
+    ChoiceRow, ConsistencyRow, EvalRow, McEvalRow, JudgementRow, MetricRow, PairRow, PromptRow, ReportRow,
+    ReportTaskRow, RewardRow, SampleRow, ScoreRow, Table, read_table, write_table,
 };
 pub use store::{
     Artifact, ArtifactSpec, FileEntry, GcReport, Manifest, ProduceOutput, Produced, Store,

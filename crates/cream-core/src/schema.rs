@@ -531,6 +531,64 @@ tables! {
         pub gold_logprob: f64,
     }
 
+    #[table = "report", version = 1]
+    /// One model M_i of a pipeline run in its report (`report.parquet`): the statistics of the
+    /// iteration that trained it and of its evaluation. A null is a statistic the run has no
+    /// artifact for (e.g. M0 and M1 have no consistency). Per-task accuracies are
+    /// [`ReportTaskRow`]s.
+    pub struct ReportRow {
+        /// The pipeline's name.
+        pub pipeline: String,
+        /// The model index i of M_i (0 = the base model, 1 = SFT, t + 1 = trained in iteration t).
+        pub iteration: u32,
+        /// Mean consistency C of the iteration that trained M_i (the dataset C).
+        pub c_mean: Option<f64>,
+        /// Population standard deviation of the per-prompt C.
+        pub c_std: Option<f64>,
+        /// Mean Kendall tau over prompts.
+        pub tau_mean: Option<f64>,
+        /// Tied pairs / all pairs of the current model's rewards.
+        pub tie_rate: Option<f64>,
+        /// Tied pairs / all pairs of the previous model's rewards.
+        pub tie_rate_prev: Option<f64>,
+        /// Preference pairs trained on.
+        pub pairs: Option<u64>,
+        /// Mean response tokens of the chosen responses.
+        pub chosen_mean_len: Option<f64>,
+        /// Mean response tokens of the rejected responses.
+        pub rejected_mean_len: Option<f64>,
+        /// Mean reward accuracy over the last 10% of training steps (all when fewer than 10).
+        pub reward_accuracy: Option<f64>,
+        /// Mean loss over the same steps.
+        pub train_loss: Option<f64>,
+        /// Last model only: mean C of the final models (M_T vs M_{T-1} on iteration T's samples).
+        pub c_final: Option<f64>,
+        /// Last model only: mean Kendall tau of the final models.
+        pub tau_final: Option<f64>,
+        /// Mean generative accuracy (percent) over the tasks M_i was evaluated on.
+        pub acc_mean: Option<f64>,
+    }
+
+    #[table = "report_tasks", version = 1]
+    /// One task's accuracy of one model in a run's report (`report_tasks.parquet`).
+    pub struct ReportTaskRow {
+        /// The model index i of M_i (as [`ReportRow::iteration`]).
+        pub iteration: u32,
+        /// The task, e.g. `"gsm8k"`.
+        pub task: String,
+        /// `"generate"` (greedy answers graded by extraction) or `"loglik"` (multiple choice by
+        /// log-likelihood).
+        pub method: String,
+        /// Accuracy in percent (`acc` of lm-evaluation-harness for `"loglik"`).
+        pub acc: f64,
+        /// Lower end of its 95% bootstrap interval, where the eval recorded one.
+        pub lo: Option<f64>,
+        /// Upper end of that interval.
+        pub hi: Option<f64>,
+        /// `"loglik"` only: the length-normalised accuracy `acc_norm`, percent.
+        pub acc_norm: Option<f64>,
+    }
+
     #[table = "scores", version = 1]
     /// The teacher-forced score of one sample under one model.
     pub struct ScoreRow {

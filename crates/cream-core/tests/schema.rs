@@ -10,8 +10,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use cream_core::{
-    ConsistencyRow, EvalRow, MetricRow, PairRow, PromptRow, RewardRow, SampleRow, ScoreRow, Table,
-    read_table, write_table,
+    ConsistencyRow, EvalRow, MetricRow, PairRow, PromptRow, ReportRow, ReportTaskRow, RewardRow, SampleRow,
+    ScoreRow, Table, read_table, write_table,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -162,6 +162,54 @@ fn other_tables_roundtrip() {
             correct: false,
         },
     ]);
+}
+
+#[test]
+fn report_tables_roundtrip() {
+    let row = |iteration: u32, some: bool| ReportRow {
+        pipeline: "cream".into(),
+        iteration,
+        c_mean: some.then_some(0.75),
+        c_std: some.then_some(0.1),
+        tau_mean: some.then_some(0.5),
+        tie_rate: some.then_some(0.0),
+        tie_rate_prev: some.then_some(0.25),
+        pairs: some.then_some(u64::MAX),
+        chosen_mean_len: some.then_some(23.5),
+        rejected_mean_len: some.then_some(40.0),
+        reward_accuracy: some.then_some(0.6),
+        train_loss: some.then_some(0.69),
+        c_final: None,
+        tau_final: some.then_some(-1.0),
+        acc_mean: Some(45.0),
+    };
+    roundtrip(&[row(0, false), row(1, true)]);
+    roundtrip::<ReportRow>(&[]);
+    roundtrip(&[
+        ReportTaskRow {
+            iteration: 0,
+            task: "gsm8k".into(),
+            method: "generate".into(),
+            acc: 40.0,
+            lo: Some(35.0),
+            hi: Some(44.0),
+            acc_norm: None,
+        },
+        ReportTaskRow {
+            iteration: 1,
+            task: UNICODE.into(),
+            method: "loglik".into(),
+            acc: 25.0,
+            lo: None,
+            hi: None,
+            acc_norm: Some(100.0),
+        },
+    ]);
+    let report = ReportRow::schema();
+    assert!(!report.field_with_name("iteration").unwrap().is_nullable());
+    assert!(report.field_with_name("pairs").unwrap().is_nullable());
+    assert_eq!(report.field_with_name("pairs").unwrap().data_type(), &DataType::UInt64);
+    assert_eq!(ReportTaskRow::file_name(), "report_tasks.parquet");
 }
 
 fn sample_row() -> impl Strategy<Value = SampleRow> {

@@ -91,21 +91,21 @@ const SUMMED_EXTRA: [&str; 2] = ["truncated_prompts", "cut_off_responses"];
 /// The eval rows of `prompts` and their gold answers, checked before any generation.
 /// Only the rows of `tasks` when it is not empty (`[eval] generate_tasks`).
 fn eval_rows(prompts: &Artifact, tasks: &[String]) -> Result<Vec<PromptRow>> {
-    let rows: Vec<PromptRow> = read_table(&prompts.path(names::file::EVAL_PROMPTS)?)?;
+    let path = prompts.path(names::file::EVAL_PROMPTS)?;
+    let rows: Vec<PromptRow> = read_table(&path)?;
     let rows: Vec<PromptRow> =
         rows.into_iter().filter(|r| tasks.is_empty() || tasks.contains(&r.task)).collect();
     ensure!(
         !rows.is_empty(),
-        "eval.parquet of {} has no rows{}",
-        prompts.dir.display(),
+        "{} has no rows{}",
+        path.display(),
         if tasks.is_empty() { String::new() } else { format!(" of the tasks [eval] generate_tasks = {tasks:?}") }
     );
     for r in &rows {
-        let gold = r
-            .answer
-            .as_deref()
-            .with_context(|| format!("eval.parquet: prompt {} ({}) has no gold answer", r.prompt_id, r.task))?;
-        grade(&r.task, "", gold, false).with_context(|| format!("eval.parquet: prompt {}", r.prompt_id))?;
+        let gold = r.answer.as_deref().with_context(|| {
+            format!("{}: prompt {} ({}) has no gold answer", path.display(), r.prompt_id, r.task)
+        })?;
+        grade(&r.task, "", gold, false).with_context(|| format!("{}: prompt {}", path.display(), r.prompt_id))?;
     }
     Ok(rows)
 }

@@ -27,7 +27,7 @@ use crate::names;
 use crate::summary::accuracy_interval;
 
 /// The `method` parameter that tells a log-likelihood eval artifact from a generative one.
-pub const METHOD: &str = "loglik";
+pub const METHOD: &str = names::eval_method::LOGLIK;
 
 /// The spec of the log-likelihood `eval` artifact of `model` on `prompts`.
 pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef) -> ArtifactSpec {

@@ -245,7 +245,7 @@ fn stage_costs(store: &Store, inputs: &[cream_core::InputRef]) -> Result<Vec<Sta
         let detail = ["mode", "method", "kind"].iter().find_map(|k| m.params.get(*k).and_then(|v| v.as_str()));
         let detail = match (m.stage.as_str(), detail) {
             (_, Some(d)) => d.to_string(),
-            (names::stage::EVAL, None) => "generate".into(),
+            (names::stage::EVAL, None) => names::eval_method::GENERATE.into(),
             (names::stage::TRAIN, None) => train_kind(&a),
             _ => String::new(),
         };

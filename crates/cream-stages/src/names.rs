@@ -55,8 +55,20 @@ pub mod file {
     pub const EVAL: &str = "eval.parquet";
     /// `eval` (log-likelihood): graded items ([`cream_core::McEvalRow`]).
     pub const MC_EVAL: &str = "mc_eval.parquet";
-    /// `report`: the report table.
+    /// `report`: one row per model ([`cream_core::ReportRow`]).
     pub const REPORT: &str = "report.parquet";
-    /// `report`: the report table as markdown.
+    /// `report`: per-task accuracies ([`cream_core::ReportTaskRow`]).
+    pub const REPORT_TASKS: &str = "report_tasks.parquet";
+    /// `report`: the wide view of both tables as markdown.
     pub const REPORT_MD: &str = "report.md";
+}
+
+/// The two evaluation methods, as the report's per-task table names them (`method` column).
+/// `loglik` is also the `method` parameter of a log-likelihood `eval` artifact; a generative one
+/// has no `method` parameter.
+pub mod eval_method {
+    /// Greedy answers graded by answer extraction (`eval.parquet`).
+    pub const GENERATE: &str = "generate";
+    /// Multiple-choice options scored by log-likelihood (`mc_eval.parquet`).
+    pub const LOGLIK: &str = "loglik";
 }

@@ -1,36 +1,59 @@
-//! The per-iteration report: one row per iteration of a pipeline run, gathered from the
-//! iteration's artifacts (consistency, pair, train, eval). Not an artifact itself: `just report`
-//! writes `report.parquet` and `report.md` into a directory and prints the frame.
+//! The `report` of one pipeline run: one row per model M_i, gathered from the artifacts of the
+//! iteration that trained it (consistency, pair, train) and of its evaluations (eval). The
+//! `cream-report` binary publishes it as a `report` artifact ([`spec`]) holding two typed tables
+//! and their wide rendering:
+//!
+//! - `report.parquet` ([`ReportRow`], one row per model): pipeline, iteration, c_mean, c_std,
+//!   tau_mean, tie_rate (current model), tie_rate_prev, pairs, chosen_mean_len,
+//!   rejected_mean_len, reward_accuracy and train_loss (means over the last 10% of training
+//!   steps, all steps when there are fewer than 10), c_final and tau_final (last row only: the
+//!   consistency of the final models M_T vs M_{T-1}) and acc_mean (mean generative accuracy over
+//!   the tasks of that row).
+//! - `report_tasks.parquet` ([`ReportTaskRow`], one row per model, task and method): accuracy
+//!   (percent) with its 95% bootstrap interval, for generative grading (`generate`) and for
+//!   log-likelihood multiple choice (`loglik`, with lm-evaluation-harness's acc_norm).
+//! - `report.md`: [`Report::frame`] as a markdown table, the wide view: the columns of
+//!   `report.parquet` with, before acc_mean, acc_<task> / acc_<task>_lo / acc_<task>_hi for gsm8k,
+//!   socialiqa and every other generative task (sorted), and after it mc_<task>, mc_<task>_lo /
+//!   _hi and mc_<task>_norm for every log-likelihood task.
 //!
 //! Values recorded in manifests' `extra` (consistency, pair, eval) are read from there; the
 //! consistency statistics are recomputed from `consistency.parquet` only when an older manifest
-//! lacks them. A missing artifact (e.g. iteration 0 = M1, which has only an evaluation) gives
-//! nulls in its columns.
-//!
-//! Columns: pipeline, iteration, c_mean, c_std, tau_mean, tie_rate (current model),
-//! tie_rate_prev, pairs, chosen_mean_len, rejected_mean_len, reward_accuracy and train_loss
-//! (means over the last 10% of training steps, all steps when there are fewer than 10),
-//! c_final and tau_final (last row only: the consistency of the final models M_T vs M_{T-1}),
-//! acc_<task> with its 95% bootstrap interval acc_<task>_lo / _hi for gsm8k, socialiqa and any
-//! other task an eval artifact reports (sorted), acc_mean (mean over the tasks of that row), and
-//! for log-likelihood (multiple-choice) evaluation mc_<task>, mc_<task>_lo / _hi and
-//! mc_<task>_norm (lm-evaluation-harness's acc and acc_norm, percent).
+//! lacks them. A missing artifact (e.g. M0, which has only an evaluation) gives nulls.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use cream_core::{Artifact, ConsistencyRow, read_table};
-use polars::prelude::{AnyValue, ChunkAgg, Column, DataFrame, DataType, ParquetWriter, SortMultipleOptions};
-use serde_json::Value;
+use anyhow::{Context, Result, ensure};
+use cream_core::{
+    Artifact, ArtifactSpec, ConsistencyRow, InputRef, MetricRow, ReportRow, ReportTaskRow, read_table, write_table,
+};
+use polars::prelude::{AnyValue, Column, DataFrame};
+use serde_json::{Value, json};
 
 use crate::ctx::Ctx;
-use crate::frame::read_frame;
 use crate::names;
+use crate::summary;
 
-/// Tasks that always get an accuracy column, so reports of different runs line up.
+/// Tasks that always get an accuracy column in the wide view, so reports of different runs line up.
 pub const DEFAULT_TASKS: [&str; 2] = ["gsm8k", "socialiqa"];
+
+/// Version of the `report` artifact's layout. 3: typed `report.parquet` ([`ReportRow`]) plus
+/// `report_tasks.parquet` ([`ReportTaskRow`]) instead of one wide polars table; 2: charts,
+/// intervals, log-likelihood and final-consistency columns.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The spec of the report artifact of pipeline `name` over the run's artifacts `inputs` (by role;
+/// see `cream-report`).
+pub fn spec(name: &str, inputs: Vec<InputRef>) -> ArtifactSpec {
+    ArtifactSpec {
+        stage: names::stage::REPORT.into(),
+        schema_version: SCHEMA_VERSION,
+        params: json!({ "name": name }),
+        inputs,
+    }
+}
 
 /// The artifacts (paths or `<stage>/<id>`) of one iteration; `None` where there is none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,104 +70,40 @@ pub struct IterationRecord {
     pub final_consistency: Option<String>,
 }
 
-/// One report row before it becomes columns.
-#[derive(Debug, Default)]
-struct Row {
-    iteration: u32,
-    c_mean: Option<f64>,
-    c_std: Option<f64>,
-    tau_mean: Option<f64>,
-    tie_rate: Option<f64>,
-    tie_rate_prev: Option<f64>,
-    pairs: Option<u64>,
-    chosen_mean_len: Option<f64>,
-    rejected_mean_len: Option<f64>,
-    reward_accuracy: Option<f64>,
-    train_loss: Option<f64>,
-    c_final: Option<f64>,
-    tau_final: Option<f64>,
-    /// (task, accuracy %, 95% interval) of generative grading.
-    accuracy: Vec<(String, f64, Option<(f64, f64)>)>,
-    /// (task, acc %, interval, acc_norm %) of log-likelihood scoring.
-    mc: Vec<(String, f64, Option<(f64, f64)>, f64)>,
+/// A run's report: the two tables of the report artifact.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// One row per model, in record order.
+    pub rows: Vec<ReportRow>,
+    /// Per model (record order): its generative tasks (sorted), then its log-likelihood tasks.
+    pub tasks: Vec<ReportTaskRow>,
 }
 
-/// The report frame: one row per record, in the order given.
-pub fn build(ctx: &Ctx, pipeline_name: &str, records: &[IterationRecord]) -> Result<DataFrame> {
-    let rows = records
-        .iter()
-        .map(|r| row(ctx, r).with_context(|| format!("report: iteration {}", r.iteration)))
-        .collect::<Result<Vec<Row>>>()?;
-    let mut tasks: BTreeSet<String> = DEFAULT_TASKS.iter().map(|t| t.to_string()).collect();
-    tasks.extend(rows.iter().flat_map(|r| r.accuracy.iter().map(|(t, _, _)| t.clone())));
-    let mc_tasks: BTreeSet<String> = rows.iter().flat_map(|r| r.mc.iter().map(|(t, ..)| t.clone())).collect();
-
-    let f = |name: &str, get: &dyn Fn(&Row) -> Option<f64>| {
-        Column::new(name.into(), rows.iter().map(get).collect::<Vec<Option<f64>>>())
-    };
-    let mut columns = vec![
-        Column::new("pipeline".into(), vec![pipeline_name; rows.len()]),
-        Column::new("iteration".into(), rows.iter().map(|r| r.iteration).collect::<Vec<u32>>()),
-        f("c_mean", &|r| r.c_mean),
-        f("c_std", &|r| r.c_std),
-        f("tau_mean", &|r| r.tau_mean),
-        f("tie_rate", &|r| r.tie_rate),
-        f("tie_rate_prev", &|r| r.tie_rate_prev),
-        Column::new("pairs".into(), rows.iter().map(|r| r.pairs).collect::<Vec<Option<u64>>>()),
-        f("chosen_mean_len", &|r| r.chosen_mean_len),
-        f("rejected_mean_len", &|r| r.rejected_mean_len),
-        f("reward_accuracy", &|r| r.reward_accuracy),
-        f("train_loss", &|r| r.train_loss),
-        f("c_final", &|r| r.c_final),
-        f("tau_final", &|r| r.tau_final),
-    ];
-    for task in &tasks {
-        let acc = |r: &Row| r.accuracy.iter().find(|(t, ..)| t == task).cloned();
-        columns.push(f(&format!("acc_{task}"), &|r| acc(r).map(|a| a.1)));
-        columns.push(f(&format!("acc_{task}_lo"), &|r| acc(r).and_then(|a| a.2).map(|ci| ci.0)));
-        columns.push(f(&format!("acc_{task}_hi"), &|r| acc(r).and_then(|a| a.2).map(|ci| ci.1)));
+/// The report of the records of pipeline `pipeline_name`, one row per record, in the order given.
+pub fn build(ctx: &Ctx, pipeline_name: &str, records: &[IterationRecord]) -> Result<Report> {
+    let mut report = Report::default();
+    for rec in records {
+        ensure!(
+            !report.rows.iter().any(|r| r.iteration as usize == rec.iteration),
+            "report: model {} is given twice; give each model's artifacts in one record",
+            rec.iteration
+        );
+        let (row, tasks) = model_row(ctx, pipeline_name, rec).with_context(|| format!("report: iteration {}", rec.iteration))?;
+        report.rows.push(row);
+        report.tasks.extend(tasks);
     }
-    columns.push(f("acc_mean", &|r| {
-        (!r.accuracy.is_empty())
-            .then(|| r.accuracy.iter().map(|a| a.1).sum::<f64>() / r.accuracy.len() as f64)
-    }));
-    for task in &mc_tasks {
-        let mc = |r: &Row| r.mc.iter().find(|(t, ..)| t == task).cloned();
-        columns.push(f(&format!("mc_{task}"), &|r| mc(r).map(|m| m.1)));
-        columns.push(f(&format!("mc_{task}_lo"), &|r| mc(r).and_then(|m| m.2).map(|ci| ci.0)));
-        columns.push(f(&format!("mc_{task}_hi"), &|r| mc(r).and_then(|m| m.2).map(|ci| ci.1)));
-        columns.push(f(&format!("mc_{task}_norm"), &|r| mc(r).map(|m| m.3)));
-    }
-    Ok(DataFrame::new(rows.len(), columns)?)
+    Ok(report)
 }
 
-fn row(ctx: &Ctx, rec: &IterationRecord) -> Result<Row> {
-    let mut row = Row { iteration: u32::try_from(rec.iteration)?, ..Default::default() };
+/// The row of one model and its per-task rows.
+fn model_row(ctx: &Ctx, pipeline_name: &str, rec: &IterationRecord) -> Result<(ReportRow, Vec<ReportTaskRow>)> {
+    let iteration = u32::try_from(rec.iteration)?;
+    let mut row = empty_row(pipeline_name, iteration);
     if let Some(path) = &rec.consistency {
-        let a = ctx.open(path, names::stage::CONSISTENCY)?;
-        let mut extra = a.manifest.extra.clone();
-        let keys = ["c_mean", "c_std", "tau_mean", "tie_rate_current", "tie_rate_previous"];
-        if keys.iter().any(|k| extra.get(k).and_then(Value::as_f64).is_none()) {
-            let rows: Vec<ConsistencyRow> = read_table(&a.path(names::file::CONSISTENCY)?)?;
-            extra = crate::summary::consistency(&rows)
-                .with_context(|| format!("consistency artifact {}", a.dir.display()))?;
-        }
-        let get = |k: &str| extra.get(k).and_then(Value::as_f64);
-        row.c_mean = get("c_mean");
-        row.c_std = get("c_std");
-        row.tau_mean = get("tau_mean");
-        row.tie_rate = get("tie_rate_current");
-        row.tie_rate_prev = get("tie_rate_previous");
+        consistency_stats(ctx, path, &mut row)?;
     }
     if let Some(path) = &rec.pairs {
-        let a = ctx.open(path, names::stage::PAIR)?;
-        let extra = &a.manifest.extra;
-        row.pairs = extra
-            .get("pairs")
-            .and_then(Value::as_u64)
-            .or_else(|| a.manifest.files.get(names::file::PAIRS).and_then(|f| f.rows));
-        row.chosen_mean_len = extra.get("chosen_mean_len").and_then(Value::as_f64);
-        row.rejected_mean_len = extra.get("rejected_mean_len").and_then(Value::as_f64);
+        pair_stats(ctx, path, &mut row)?;
     }
     if let Some(path) = &rec.train {
         let a = ctx.open(path, names::stage::TRAIN)?;
@@ -155,33 +114,117 @@ fn row(ctx: &Ctx, rec: &IterationRecord) -> Result<Row> {
         let get = |k: &str| a.manifest.extra.get(k).and_then(Value::as_f64);
         (row.c_final, row.tau_final) = (get("c_mean"), get("tau_mean"));
     }
+    let mut tasks = Vec::new();
     if let Some(path) = &rec.eval {
-        let a = ctx.open(path, names::stage::EVAL)?;
-        let extra = &a.manifest.extra;
-        let acc = extra.get("accuracy").and_then(Value::as_object).with_context(|| {
-            format!("eval artifact {}: its manifest has no extra.accuracy object", a.dir.display())
-        })?;
-        row.accuracy = acc
-            .iter()
-            .filter(|(task, _)| task.as_str() != "mean")
-            .filter_map(|(task, v)| v.as_f64().map(|v| (task.clone(), v, interval(&extra["accuracy_ci95"][task], "acc"))))
-            .collect();
-        row.accuracy.sort_by(|a, b| a.0.cmp(&b.0));
+        tasks.extend(generative_tasks(ctx, path, iteration)?);
+        row.acc_mean = (!tasks.is_empty()).then(|| tasks.iter().map(|t| t.acc).sum::<f64>() / tasks.len() as f64);
     }
     if let Some(path) = &rec.mc {
-        let a = ctx.open(path, names::stage::EVAL)?;
-        let tasks = a.manifest.extra.get("tasks").and_then(Value::as_object).with_context(|| {
-            format!("eval artifact {}: not a log-likelihood eval (its manifest has no extra.tasks)", a.dir.display())
-        })?;
-        row.mc = tasks
-            .iter()
-            .filter_map(|(task, v)| {
-                let acc = v["acc"]["acc"].as_f64()?;
-                Some((task.clone(), acc, interval(&v["acc"], "acc"), v["acc_norm"]["acc"].as_f64().unwrap_or(f64::NAN)))
-            })
-            .collect();
+        tasks.extend(loglik_tasks(ctx, path, iteration)?);
     }
-    Ok(row)
+    Ok((row, tasks))
+}
+
+fn empty_row(pipeline: &str, iteration: u32) -> ReportRow {
+    ReportRow {
+        pipeline: pipeline.into(),
+        iteration,
+        c_mean: None,
+        c_std: None,
+        tau_mean: None,
+        tie_rate: None,
+        tie_rate_prev: None,
+        pairs: None,
+        chosen_mean_len: None,
+        rejected_mean_len: None,
+        reward_accuracy: None,
+        train_loss: None,
+        c_final: None,
+        tau_final: None,
+        acc_mean: None,
+    }
+}
+
+/// c_mean, c_std, tau_mean and the tie rates of the consistency artifact `path`: from its
+/// manifest, or recomputed from its table when an older manifest lacks them.
+fn consistency_stats(ctx: &Ctx, path: &str, row: &mut ReportRow) -> Result<()> {
+    let a = ctx.open(path, names::stage::CONSISTENCY)?;
+    let mut extra = a.manifest.extra.clone();
+    let keys = ["c_mean", "c_std", "tau_mean", "tie_rate_current", "tie_rate_previous"];
+    if keys.iter().any(|k| extra.get(k).and_then(Value::as_f64).is_none()) {
+        let rows: Vec<ConsistencyRow> = read_table(&a.path(names::file::CONSISTENCY)?)?;
+        extra = summary::consistency(&rows).with_context(|| format!("consistency artifact {}", a.dir.display()))?;
+    }
+    let get = |k: &str| extra.get(k).and_then(Value::as_f64);
+    row.c_mean = get("c_mean");
+    row.c_std = get("c_std");
+    row.tau_mean = get("tau_mean");
+    row.tie_rate = get("tie_rate_current");
+    row.tie_rate_prev = get("tie_rate_previous");
+    Ok(())
+}
+
+/// The pair count and mean chosen / rejected lengths of the pair artifact `path`.
+fn pair_stats(ctx: &Ctx, path: &str, row: &mut ReportRow) -> Result<()> {
+    let a = ctx.open(path, names::stage::PAIR)?;
+    let extra = &a.manifest.extra;
+    row.pairs = extra
+        .get("pairs")
+        .and_then(Value::as_u64)
+        .or_else(|| a.manifest.files.get(names::file::PAIRS).and_then(|f| f.rows));
+    row.chosen_mean_len = extra.get("chosen_mean_len").and_then(Value::as_f64);
+    row.rejected_mean_len = extra.get("rejected_mean_len").and_then(Value::as_f64);
+    Ok(())
+}
+
+/// The per-task accuracies of the generative eval artifact `path`, sorted by task.
+fn generative_tasks(ctx: &Ctx, path: &str, iteration: u32) -> Result<Vec<ReportTaskRow>> {
+    let a = ctx.open(path, names::stage::EVAL)?;
+    let extra = &a.manifest.extra;
+    let acc = extra.get("accuracy").and_then(Value::as_object).with_context(|| {
+        format!("eval artifact {}: its manifest has no extra.accuracy object", a.dir.display())
+    })?;
+    let mut tasks: Vec<ReportTaskRow> = acc
+        .iter()
+        .filter(|(task, _)| task.as_str() != "mean")
+        .filter_map(|(task, v)| {
+            let (lo, hi) = interval(&extra["accuracy_ci95"][task], "acc").unzip();
+            Some(ReportTaskRow {
+                iteration,
+                task: task.clone(),
+                method: names::eval_method::GENERATE.into(),
+                acc: v.as_f64()?,
+                lo,
+                hi,
+                acc_norm: None,
+            })
+        })
+        .collect();
+    tasks.sort_by(|a, b| a.task.cmp(&b.task));
+    Ok(tasks)
+}
+
+/// The per-task acc and acc_norm of the log-likelihood eval artifact `path`.
+fn loglik_tasks(ctx: &Ctx, path: &str, iteration: u32) -> Result<Vec<ReportTaskRow>> {
+    let a = ctx.open(path, names::stage::EVAL)?;
+    let tasks = a.manifest.extra.get("tasks").and_then(Value::as_object).with_context(|| {
+        format!("eval artifact {}: not a log-likelihood eval (its manifest has no extra.tasks)", a.dir.display())
+    })?;
+    Ok(tasks
+        .iter()
+        .filter_map(|(task, v)| {
+            let (lo, hi) = interval(&v["acc"], "acc").unzip();
+            Some(ReportTaskRow {
+                iteration,
+                task: task.clone(),
+                method: names::eval_method::LOGLIK.into(),
+                acc: v["acc"]["acc"].as_f64()?,
+                lo,
+                hi,
+                acc_norm: v["acc_norm"]["acc"].as_f64(),
+            })
+        })
+        .collect())
 }
 
 /// The `(lo, hi)` of an interval object `{key, "lo", "hi"}` written by the eval stages.
@@ -194,42 +237,106 @@ fn interval(v: &Value, key: &str) -> Option<(f64, f64)> {
 /// when there are fewer than 10); non-finite means (e.g. SFT's undefined reward accuracy) are
 /// `None`.
 fn final_metrics(a: &Artifact) -> Result<(Option<f64>, Option<f64>)> {
-    let path = a.path(names::file::METRICS)?;
-    let df = read_frame(
-        &path,
-        &[("step", DataType::UInt64), ("loss", DataType::Float64), ("reward_accuracy", DataType::Float64)],
-    )?;
-    let n = df.height();
+    let mut rows: Vec<MetricRow> = read_table(&a.path(names::file::METRICS)?)?;
+    let n = rows.len();
     if n == 0 {
         return Ok((None, None));
     }
+    rows.sort_by_key(|r| r.step);
     let k = if n < 10 { n } else { n.div_ceil(10) };
-    let tail = df.sort(["step"], SortMultipleOptions::default().with_maintain_order(true))?.tail(Some(k));
-    let mean = |name: &str| -> Result<Option<f64>> {
-        Ok(tail.column(name)?.f64()?.mean().filter(|v| v.is_finite()))
+    let tail = &rows[n - k..];
+    let mean = |get: fn(&MetricRow) -> f64| {
+        Some(tail.iter().map(get).sum::<f64>() / k as f64).filter(|v| v.is_finite())
     };
-    Ok((mean("loss")?, mean("reward_accuracy")?))
+    Ok((mean(|r| r.loss), mean(|r| r.reward_accuracy)))
 }
 
-/// Writes `report.parquet` and `report.md` into `out_dir` (created if needed), each through a
-/// temporary file and a rename, so a reader never sees half a report.
-pub fn write(df: &DataFrame, out_dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let parquet = out_dir.join(names::file::REPORT);
-    let tmp = out_dir.join(".report.parquet.tmp");
-    {
-        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        ParquetWriter::new(&file)
-            .finish(&mut df.clone())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.sync_all()?;
+impl Report {
+    /// The wide view (see the module docs): one row per model, the per-task accuracies as
+    /// columns.
+    pub fn frame(&self) -> Result<DataFrame> {
+        let rows = &self.rows;
+        let tasks_of = |method: &str| -> BTreeSet<&str> {
+            self.tasks.iter().filter(|t| t.method == method).map(|t| t.task.as_str()).collect()
+        };
+        let mut gen_tasks = tasks_of(names::eval_method::GENERATE);
+        gen_tasks.extend(DEFAULT_TASKS);
+        let mc_tasks = tasks_of(names::eval_method::LOGLIK);
+        let f = |name: &str, get: &dyn Fn(&ReportRow) -> Option<f64>| {
+            Column::new(name.into(), rows.iter().map(get).collect::<Vec<Option<f64>>>())
+        };
+        let mut columns = vec![
+            Column::new("pipeline".into(), rows.iter().map(|r| r.pipeline.as_str()).collect::<Vec<&str>>()),
+            Column::new("iteration".into(), rows.iter().map(|r| r.iteration).collect::<Vec<u32>>()),
+            f("c_mean", &|r| r.c_mean),
+            f("c_std", &|r| r.c_std),
+            f("tau_mean", &|r| r.tau_mean),
+            f("tie_rate", &|r| r.tie_rate),
+            f("tie_rate_prev", &|r| r.tie_rate_prev),
+            Column::new("pairs".into(), rows.iter().map(|r| r.pairs).collect::<Vec<Option<u64>>>()),
+            f("chosen_mean_len", &|r| r.chosen_mean_len),
+            f("rejected_mean_len", &|r| r.rejected_mean_len),
+            f("reward_accuracy", &|r| r.reward_accuracy),
+            f("train_loss", &|r| r.train_loss),
+            f("c_final", &|r| r.c_final),
+            f("tau_final", &|r| r.tau_final),
+        ];
+        columns.extend(self.task_columns("acc", names::eval_method::GENERATE, &gen_tasks));
+        columns.push(f("acc_mean", &|r| r.acc_mean));
+        columns.extend(self.task_columns("mc", names::eval_method::LOGLIK, &mc_tasks));
+        Ok(DataFrame::new(rows.len(), columns)?)
     }
-    std::fs::rename(&tmp, &parquet).with_context(|| format!("cannot write {}", parquet.display()))?;
-    let md = out_dir.join(names::file::REPORT_MD);
-    let tmp = out_dir.join(".report.md.tmp");
-    std::fs::write(&tmp, markdown(df)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &md).with_context(|| format!("cannot write {}", md.display()))?;
-    Ok(())
+
+    /// `<prefix>_<task>`, `_lo` and `_hi` (and `_norm` for log-likelihood) of every task of
+    /// `method` in `tasks`, one value per row (null where that model has no such task row).
+    fn task_columns(&self, prefix: &str, method: &str, tasks: &BTreeSet<&str>) -> Vec<Column> {
+        let mut columns = Vec::new();
+        for task in tasks {
+            let values = |get: &dyn Fn(&ReportTaskRow) -> Option<f64>| -> Vec<Option<f64>> {
+                self.rows
+                    .iter()
+                    .map(|r| {
+                        self.tasks
+                            .iter()
+                            .find(|t| t.iteration == r.iteration && t.task == *task && t.method == method)
+                            .and_then(get)
+                    })
+                    .collect()
+            };
+            columns.push(Column::new(format!("{prefix}_{task}").into(), values(&|t| Some(t.acc))));
+            columns.push(Column::new(format!("{prefix}_{task}_lo").into(), values(&|t| t.lo)));
+            columns.push(Column::new(format!("{prefix}_{task}_hi").into(), values(&|t| t.hi)));
+            if method == names::eval_method::LOGLIK {
+                columns.push(Column::new(format!("{prefix}_{task}_norm").into(), values(&|t| t.acc_norm)));
+            }
+        }
+        columns
+    }
+}
+
+/// Writes `report.parquet`, `report_tasks.parquet` and `report.md` into `out_dir` (created if
+/// needed), each through a temporary file and a rename, so a reader never sees half a report.
+pub fn write(report: &Report, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let publish = |name: &str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+        let (path, tmp) = (out_dir.join(name), out_dir.join(format!(".{name}.tmp")));
+        write(&tmp)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    };
+    publish(names::file::REPORT, &|tmp| write_table(tmp, &report.rows).map(drop))?;
+    publish(names::file::REPORT_TASKS, &|tmp| write_table(tmp, &report.tasks).map(drop))?;
+    let md = markdown(&report.frame()?)?;
+    publish(names::file::REPORT_MD, &|tmp| {
+        std::fs::write(tmp, &md).with_context(|| format!("cannot write {}", tmp.display()))
+    })
+}
+
+/// The report of a published `report` artifact, read from its tables.
+pub fn read(report: &Artifact) -> Result<Report> {
+    Ok(Report {
+        rows: read_table(&report.path(names::file::REPORT)?)?,
+        tasks: read_table(&report.path(names::file::REPORT_TASKS)?)?,
+    })
 }
 
 /// The frame as a GitHub-flavoured markdown table: floats with 4 decimals, nulls as "-".
@@ -256,14 +363,8 @@ fn cell(v: &AnyValue) -> String {
     }
 }
 
-/// The published report table (`report.parquet` of a `report` artifact) formatted by polars.
-/// (Which columns polars shows is set by its `POLARS_FMT_*` environment variables.)
+/// The published report (a `report` artifact) as its wide view formatted by polars. (Which
+/// columns polars shows is set by its `POLARS_FMT_*` environment variables.)
 pub fn render(report: &Artifact) -> Result<String> {
-    use polars::prelude::SerReader as _;
-    let path = report.path(names::file::REPORT)?;
-    let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let df = polars::prelude::ParquetReader::new(file)
-        .finish()
-        .map_err(|e| anyhow::anyhow!("{}: cannot read it with polars: {e}", path.display()))?;
-    Ok(format!("{df}"))
+    Ok(format!("{}", read(report)?.frame()?))
 }

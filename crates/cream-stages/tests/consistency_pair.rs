@@ -5,8 +5,8 @@ use std::path::Path;
 
 use cream_algo::{CMode, Method};
 use cream_core::{
-    Artifact, ArtifactSpec, ConsistencyRow, MetricRow, PairRow, ProduceOutput, RewardRow, SampleRow, read_table,
-    write_table,
+    Artifact, ArtifactSpec, ConsistencyRow, MetricRow, PairRow, ProduceOutput, ReportRow, ReportTaskRow, RewardRow,
+    SampleRow, read_table, write_table,
 };
 use cream_stages::config::Pipeline;
 use cream_stages::ctx::Ctx;
@@ -484,6 +484,26 @@ fn eval_artifact(ctx: &Ctx, gsm8k: f64, socialiqa: f64) -> Artifact {
     .unwrap()
 }
 
+/// A log-likelihood eval artifact with one task.
+fn mc_artifact(ctx: &Ctx, acc: f64) -> Artifact {
+    let spec = ArtifactSpec { stage: "eval".into(), schema_version: 1, params: json!({"mc": acc}), inputs: vec![] };
+    ctx.produce(spec, |dir| {
+        std::fs::write(dir.join("mc_eval.parquet"), b"not read by the report")?;
+        Ok(ProduceOutput {
+            extra: json!({
+                "method": "loglik",
+                "tasks": {"quartz": {
+                    "n": 8,
+                    "acc": {"acc": acc, "lo": acc - 10.0, "hi": acc + 10.0},
+                    "acc_norm": {"acc": acc + 5.0, "lo": acc - 5.0, "hi": acc + 15.0},
+                }},
+            }),
+            ..Default::default()
+        })
+    })
+    .unwrap()
+}
+
 #[test]
 fn report_gathers_one_row_per_iteration() {
     let (tmp, ctx) = store();
@@ -495,6 +515,7 @@ fn report_gathers_one_row_per_iteration() {
     let small = train_artifact(&ctx, 4);
     let e0 = eval_artifact(&ctx, 40.0, 50.0);
     let e1 = eval_artifact(&ctx, 45.0, 60.0);
+    let mc1 = mc_artifact(&ctx, 50.0);
     let records = [
         IterationRecord { iteration: 0, eval: Some(path(&e0)), ..Default::default() },
         IterationRecord {
@@ -503,11 +524,13 @@ fn report_gathers_one_row_per_iteration() {
             pairs: Some(path(&pairs)),
             train: Some(path(&train)),
             eval: Some(path(&e1)),
+            mc: Some(path(&mc1)),
             ..Default::default()
         },
         IterationRecord { iteration: 2, train: Some(path(&small)), ..Default::default() },
     ];
-    let df = report::build(&ctx, "test", &records).unwrap();
+    let rep = report::build(&ctx, "test", &records).unwrap();
+    let df = rep.frame().unwrap();
     let names: Vec<&str> = df.columns().iter().map(|c| c.name().as_str()).collect();
     assert_eq!(
         names,
@@ -515,7 +538,7 @@ fn report_gathers_one_row_per_iteration() {
             "pipeline", "iteration", "c_mean", "c_std", "tau_mean", "tie_rate", "tie_rate_prev", "pairs",
             "chosen_mean_len", "rejected_mean_len", "reward_accuracy", "train_loss", "c_final", "tau_final",
             "acc_gsm8k", "acc_gsm8k_lo", "acc_gsm8k_hi", "acc_socialiqa", "acc_socialiqa_lo", "acc_socialiqa_hi",
-            "acc_mean",
+            "acc_mean", "mc_quartz", "mc_quartz_lo", "mc_quartz_hi", "mc_quartz_norm",
         ]
     );
     assert_eq!(df.height(), 3);
@@ -539,25 +562,42 @@ fn report_gathers_one_row_per_iteration() {
     assert_eq!(f("acc_socialiqa_lo"), [None, None, None]);
     assert_eq!(f("acc_mean"), [Some(45.0), Some(52.5), None]);
     assert_eq!(f("c_final"), [None, None, None]);
+    assert_eq!(f("mc_quartz"), [None, Some(50.0), None]);
+    assert_eq!(f("mc_quartz_hi"), [None, Some(60.0), None]);
+    assert_eq!(f("mc_quartz_norm"), [None, Some(55.0), None]);
+    // The typed tables: one row per model; per model its generative tasks (sorted), then its
+    // log-likelihood tasks.
+    assert_eq!(rep.rows.iter().map(|r| r.iteration).collect::<Vec<_>>(), [0, 1, 2]);
+    let tasks: Vec<(u32, &str, &str)> =
+        rep.tasks.iter().map(|t| (t.iteration, t.task.as_str(), t.method.as_str())).collect();
+    assert_eq!(
+        tasks,
+        [
+            (0, "gsm8k", "generate"),
+            (0, "socialiqa", "generate"),
+            (1, "gsm8k", "generate"),
+            (1, "socialiqa", "generate"),
+            (1, "quartz", "loglik"),
+        ]
+    );
+    assert_eq!((rep.tasks[1].lo, rep.tasks[1].acc_norm), (None, None));
+    assert_eq!((rep.tasks[4].lo, rep.tasks[4].acc_norm), (Some(40.0), Some(55.0)));
 
     let out = tmp.path().join("report");
-    report::write(&df, &out).unwrap();
+    report::write(&rep, &out).unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     let lines: Vec<&str> = md.lines().collect();
     assert_eq!(lines.len(), 5, "{md}");
     assert!(lines[0].starts_with("| pipeline | iteration | c_mean |"), "{md}");
-    assert!(lines[2].starts_with("| test | 0 | - | - |") && lines[2].ends_with("| 40.0000 | 35.0000 | 44.0000 | 50.0000 | - | - | 45.0000 |"), "{md}");
-    let back = read_parquet(&out.join("report.parquet"));
-    assert!(back == df, "{back}\n{df}");
-    // Printing the frame works (the binary prints it).
-    assert!(format!("{df}").contains("acc_mean"));
+    assert!(lines[2].starts_with("| test | 0 | - | - |") && lines[2].ends_with("| 40.0000 | 35.0000 | 44.0000 | 50.0000 | - | - | 45.0000 | - | - | - | - |"), "{md}");
+    // Both tables read back as the typed rows that were written.
+    assert_eq!(read_table::<ReportRow>(&out.join("report.parquet")).unwrap(), rep.rows);
+    assert_eq!(read_table::<ReportTaskRow>(&out.join("report_tasks.parquet")).unwrap(), rep.tasks);
+    // Printing the frame works (the binary prints it; polars shows the first and last columns).
+    let shown = format!("{df}");
+    assert!(shown.contains("shape: (3, 25)") && shown.contains("pipeline"), "{shown}");
     // A wrong artifact kind is an error naming the iteration.
     let bad = [IterationRecord { iteration: 3, pairs: Some(path(&c)), ..Default::default() }];
     let err = format!("{:#}", report::build(&ctx, "test", &bad).unwrap_err());
     assert!(err.contains("iteration 3") && err.contains("\"pair\""), "{err}");
-}
-
-fn read_parquet(path: &Path) -> polars::prelude::DataFrame {
-    use polars::prelude::SerReader;
-    polars::prelude::ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap()
 }

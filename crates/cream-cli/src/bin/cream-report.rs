@@ -1,16 +1,17 @@
 //! `cream-report`: one table per pipeline run, one row per model M_i (M0, M1 = SFT, then one per
 //! CREAM iteration): C mean/std, tau, tie rate, pairs, chosen/rejected lengths, reward accuracy,
 //! train loss, eval accuracy with 95% intervals. Printed with polars, and published as a `report`
-//! artifact (report.parquet + report.md + PNG charts: accuracy.png, consistency.png, training.png).
+//! artifact (report.parquet + report_tasks.parquet + report.md + PNG charts: accuracy.png,
+//! consistency.png, training.png).
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cream_cli::flags::{Stage, emit};
-use cream_core::{ArtifactSpec, ProduceOutput};
-use cream_stages::report::IterationRecord;
-use serde_json::json;
+use cream_core::ProduceOutput;
+use cream_stages::names;
+use cream_stages::report::{self, IterationRecord};
 
 /// Build the report from the artifacts of a run (the justfile's `iterate` passes them).
 #[derive(Debug, Parser)]
@@ -89,19 +90,20 @@ fn main() -> Result<()> {
             }
         }
     }
-    // Version 2: charts, intervals, log-likelihood and final-consistency columns.
-    let spec = ArtifactSpec { stage: cream_stages::names::stage::REPORT.into(), schema_version: 2, params: json!({"name": p.name}), inputs };
+    let spec = report::spec(&p.name, inputs);
     let run_inputs = spec.inputs.clone();
     let a = ctx.produce(spec, |dir| {
-        let df = cream_stages::report::build(&ctx, &p.name, &records)?;
-        cream_stages::report::write(&df, dir)?;
+        let rep = report::build(&ctx, &p.name, &records)?;
+        report::write(&rep, dir)?;
         // Charts: accuracy per model with 95% intervals, consistency per iteration, training curves.
         let run = cream_stages::experiment::read_run(&ctx.store, &p.name, &run_inputs)?;
         let charts = cream_stages::experiment::draw(std::slice::from_ref(&run), dir)?;
         ctx.log(format!("report: charts {}", charts.join(", ")));
-        Ok(ProduceOutput::default().with_rows(cream_stages::names::file::REPORT, df.height() as u64))
+        Ok(ProduceOutput::default()
+            .with_rows(names::file::REPORT, rep.rows.len() as u64)
+            .with_rows(names::file::REPORT_TASKS, rep.tasks.len() as u64))
     })?;
-    println!("{}", cream_stages::report::render(&a)?);
+    println!("{}", report::render(&a)?);
     emit(&a);
     Ok(())
 }

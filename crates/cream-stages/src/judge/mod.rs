@@ -102,7 +102,8 @@ fn from_scores(ctx: &Ctx, samples: &Artifact, mode: JudgeMode, policy: &Artifact
         inputs,
     };
     ctx.produce(spec, |dir| {
-        let pol_rows: Vec<ScoreRow> = read_table(&policy.path(names::file::SCORES)?)?;
+        let pol_path = policy.path(names::file::SCORES)?;
+        let pol_rows: Vec<ScoreRow> = read_table(&pol_path)?;
         let ref_map: Option<HashMap<(String, u32), f64>> = match &reward {
             Reward::WithReference(r, _) => Some(
                 read_table::<ScoreRow>(&r.path(names::file::SCORES)?)?
@@ -114,7 +115,13 @@ fn from_scores(ctx: &Ctx, samples: &Artifact, mode: JudgeMode, policy: &Artifact
         };
         let mut rewards = Vec::with_capacity(pol_rows.len());
         for s in pol_rows {
-            ensure!(s.n_scored > 0, "scores.parquet: prompt {} sample {} has no scored tokens", s.prompt_id, s.sample_idx);
+            ensure!(
+                s.n_scored > 0,
+                "{}: prompt {} sample {} has no scored tokens",
+                pol_path.display(),
+                s.prompt_id,
+                s.sample_idx
+            );
             let (s_ref, value) = match (&reward, &ref_map) {
                 (Reward::WithReference(_, f), Some(m)) => {
                     let r = *m.get(&(s.prompt_id.clone(), s.sample_idx)).with_context(|| {
