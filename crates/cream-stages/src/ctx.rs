@@ -20,10 +20,9 @@ impl Ctx {
         Ok(Ctx { store: Store::open(artifacts)?, quiet })
     }
 
+    /// An info message on stderr (through `tracing`; hidden with --quiet).
     pub fn log(&self, msg: impl AsRef<str>) {
-        if !self.quiet {
-            eprintln!("{}", msg.as_ref());
-        }
+        tracing::info!("{}", msg.as_ref());
     }
 
     pub fn backend() -> String {

@@ -88,22 +88,18 @@ pub fn score_shard(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: us
                 Ok(conv.0)
             })
             .collect::<Result<Vec<_>>>()?;
-        let pb = crate::progress::bar(convs.len(), "score", ctx.quiet);
-        let mut scores = Vec::with_capacity(convs.len());
-        // Chunks keep the progress bar moving; results do not depend on the chunking.
-        for (chunk_rows, chunk) in rows.chunks(64).zip(convs.chunks(64)) {
-            let s = cream_lm::score(&lm.model, chunk, ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() })?;
-            for (r, s) in chunk_rows.iter().zip(s) {
-                scores.push(ScoreRow {
-                    prompt_id: r.prompt_id.clone(),
-                    sample_idx: r.sample_idx,
-                    sum_logprob: s.sum,
-                    n_scored: s.token_logprobs.len() as u32,
-                });
-            }
-            pb.inc(chunk.len() as u64);
-        }
-        pb.finish_and_clear();
+        let opts = ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() };
+        let scored = crate::progress::score(&lm.model, &convs, opts, 64, "score", ctx.quiet)?;
+        let scores: Vec<ScoreRow> = rows
+            .iter()
+            .zip(scored)
+            .map(|(r, s)| ScoreRow {
+                prompt_id: r.prompt_id.clone(),
+                sample_idx: r.sample_idx,
+                sum_logprob: s.sum,
+                n_scored: s.token_logprobs.len() as u32,
+            })
+            .collect();
         let n = write_table(&dir.join("scores.parquet"), &scores)?;
         let extra = if truncated > 0 { json!({"truncated_conversations": truncated}) } else { json!(null) };
         Ok(ProduceOutput { extra, ..Default::default() }.with_rows("scores.parquet", n))
