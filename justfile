@@ -29,8 +29,10 @@ build:
 test *args: check-deps setup
     cargo test --release --workspace "$@"
 
-# Fail on an unused dependency: cargo-machete (pinned, installed when missing) over every crate, and
-# every [workspace.dependencies] entry used by some member (scripts/check-deps.sh).
+# scripts/check-deps.sh: cargo-machete (pinned, installed when missing) over every crate, and every
+# [workspace.dependencies] entry must be used by some member. `just test` runs it first.
+
+# Fail on an unused dependency.
 check-deps:
     bash scripts/check-deps.sh
 
