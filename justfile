@@ -106,6 +106,12 @@ experiment out="results": setup
 # The per-iteration report of a pipeline run (reruns `iterate`, which is all cache hits).
 report pipeline="pipelines/smoke.toml": (iterate pipeline)
 
+# `cream-report --list`: date, pipeline name, iterations, models evaluated, config, report directory.
+
+# List the pipeline runs in the store (CREAM_ARTIFACTS), newest first.
+runs: build
+    {{ quote(bin) }}/cream-report --list
+
 # Remove temporary directories left by interrupted stages (finished artifacts are kept).
 gc: build
     {{ quote(bin) }}/cream-gc

@@ -120,13 +120,15 @@ impl ConfigArg {
     /// The `--config` path, or [`DEFAULT_CONFIG`] with a note on stderr (an info message: not
     /// with --quiet), so a forgotten `--config` does not silently run the smoke settings.
     pub fn path(&self) -> PathBuf {
-        match &self.config {
-            Some(p) => p.clone(),
-            None => {
-                tracing::info!("note: no --config given; using {DEFAULT_CONFIG}");
-                PathBuf::from(DEFAULT_CONFIG)
-            }
+        if self.config.is_none() {
+            tracing::info!("note: no --config given; using {DEFAULT_CONFIG}");
         }
+        self.given_or_default()
+    }
+
+    /// The `--config` path, or [`DEFAULT_CONFIG`], silently.
+    pub fn given_or_default(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
     }
 
     /// Load and validate the config (see [`ConfigArg::path`]).

@@ -113,7 +113,7 @@ fn open_input(store: &Store, a: &Artifact, role: &str) -> Result<Artifact> {
 
 /// Reads the run of the report artifact `report` (a path or `report/<id>`).
 pub fn read_arm(store: &Store, name: &str, report: &str) -> Result<ArmRun> {
-    let r = store.open_artifact(report, Some("report"))?;
+    let r = store.open_artifact(report, Some(crate::report::STAGE))?;
     read_run(store, name, &r.manifest.inputs)
 }
 

@@ -9,10 +9,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cream_cli::flags::{Stage, emit};
 use cream_core::{ArtifactSpec, ProduceOutput};
-use cream_stages::report::IterationRecord;
+use cream_stages::report::{self, IterationRecord};
 use serde_json::json;
 
-/// Build the report from the artifacts of a run (the justfile's `iterate` passes them).
+/// Build the report from the artifacts of a run (the justfile's `iterate` passes them), or list
+/// the runs in the store (`--list`).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -21,6 +22,10 @@ struct Cli {
     /// iteration's samples ranked by M_T and M_{T-1}); repeat for every iteration and model.
     #[arg(long = "record")]
     records: Vec<String>,
+    /// List the pipeline runs in the store (their report artifacts), newest first: when, pipeline
+    /// name, iterations, models evaluated, the --config of the run and the report's directory.
+    #[arg(long, conflicts_with = "records")]
+    list: bool,
     #[command(flatten)]
     stage: Stage,
 }
@@ -43,6 +48,16 @@ fn main() -> Result<()> {
         std::env::set_var("POLARS_TABLE_WIDTH", "250");
     }
     let cli = Cli::parse();
+    if cli.list {
+        cli.stage.common.init()?;
+        let runs = report::list_runs(&cli.stage.store.open()?)?;
+        if runs.is_empty() {
+            tracing::warn!("no pipeline runs (report artifacts) in {}", cli.stage.store.artifacts.display());
+        } else {
+            print!("{}", report::runs_table(&runs));
+        }
+        return Ok(());
+    }
     let (p, ctx) = cli.stage.init()?;
     let mut rows: BTreeMap<usize, IterationRecord> = BTreeMap::new();
     let some = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
@@ -90,7 +105,8 @@ fn main() -> Result<()> {
         }
     }
     // Version 2: charts, intervals, log-likelihood and final-consistency columns.
-    let spec = ArtifactSpec { stage: "report".into(), schema_version: 2, params: json!({"name": p.name}), inputs };
+    let spec = ArtifactSpec { stage: report::STAGE.into(), schema_version: 2, params: json!({"name": p.name}), inputs };
+    let config = cli.stage.config.given_or_default().display().to_string();
     let run_inputs = spec.inputs.clone();
     let a = ctx.produce(spec, |dir| {
         let df = cream_stages::report::build(&ctx, &p.name, &records)?;
@@ -99,7 +115,9 @@ fn main() -> Result<()> {
         let run = cream_stages::experiment::read_run(&ctx.store, &p.name, &run_inputs)?;
         let charts = cream_stages::experiment::draw(std::slice::from_ref(&run), dir)?;
         ctx.log(format!("report: charts {}", charts.join(", ")));
-        Ok(ProduceOutput::default().with_rows("report.parquet", df.height() as u64))
+        // Not in the key: which config file asked for this report, for `--list`.
+        let extra = json!({ report::CONFIG_KEY: config });
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("report.parquet", df.height() as u64))
     })?;
     println!("{}", cream_stages::report::render(&a)?);
     emit(&a);
