@@ -24,10 +24,13 @@ setup:
 build:
     cargo build --release --workspace
 
-# Run the whole test suite, as CI does; extra args go to cargo test (e.g. `just test -p cream-core`).
+# Run the whole test suite, as CI does: the fast tests and the ones marked #[ignore] because they
+# need `just setup`'s model and data (plain `cargo test` runs only the fast ones). Extra args go to
+# cargo test (e.g. `just test -p cream-core`, `just test -p cream-lm -- --nocapture`).
 [positional-arguments]
-test *args: check-deps setup
-    cargo test --release --workspace "$@"
+test *args: check-deps setup setup-slurm
+    if [[ " $* " == *" -- "* ]]; then cargo test --release --workspace "$@" --include-ignored; \
+    else cargo test --release --workspace "$@" -- --include-ignored; fi
 
 # scripts/check-deps.sh: cargo-machete (pinned, installed when missing) over every crate, and every
 # [workspace.dependencies] entry must be used by some member. `just test` runs it first.
@@ -35,6 +38,11 @@ test *args: check-deps setup
 # Fail on an unused dependency.
 check-deps:
     bash scripts/check-deps.sh
+
+# The cost of portable binaries: the default build against `-C target-cpu=native` on score, dpo
+# and gen-b16, alternating (bench/portable.sh; writes bench/portable.md). Not part of `just test`.
+bench-portable: setup
+    bash bench/portable.sh
 
 # Fuzz the manifest parser, the Parquet reader, the answer extractors and the chat-template input
 # path for FUZZ_SECS seconds each (default 60; not part of `just test`, which runs one quick round).
@@ -56,12 +64,17 @@ build-cuda *args:
 # SFT (M0 -> M1), then per iteration generate -> judge (current, previous) -> consistency ->
 # pair -> train, then the consistency of the final models, eval of every M_t and a report
 # (scripts/iterate.sh). Every stage is cached: a rerun with nothing changed is all cache hits.
-# `just iterate pipeline=X` and `just iterate X` both name config X (just passes the former as
-# the literal "pipeline=X").
+# Args: [pipeline=]CONFIG (default pipelines/smoke.toml) and executor=local|slurm (default
+# $CREAM_EXECUTOR, else local; slurm: README "Running on a Slurm cluster"), in any order.
 
-# Run the self-rewarding loop of a pipeline config (default: the smoke pipeline).
-iterate pipeline="pipelines/smoke.toml": setup
-    bash scripts/iterate.sh {{ quote(trim_start_match(pipeline, "pipeline=")) }} {{ quote(bin) }}
+# Run the self-rewarding loop: `just iterate [pipeline=]CONFIG [executor=slurm]`.
+[positional-arguments]
+iterate *args: setup
+    bash scripts/iterate.sh {{ quote("bin=" + bin) }} "$@"
+
+# Install Debian's Slurm daemons and clients for tests/slurm.rs (root; a no-op if present).
+setup-slurm:
+    bash scripts/slurm-local.sh install
 
 # The CREAM vs SRLM experiment (results/README.md). The two arms run side by side, one process
 # each with CREAM_EXPERIMENT_THREADS threads (default 1: two single-threaded processes keep both
@@ -81,7 +94,7 @@ experiment out="results": setup
         for cfg in "${arms[@]}"; do
             local log="$out/logs/$(basename "$cfg" .toml).$until"
             CREAM_ITERATE_UNTIL=$until CREAM_EVAL_ORDER=$order RAYON_NUM_THREADS=${CREAM_EXPERIMENT_THREADS:-1} \
-                bash scripts/iterate.sh "$cfg" "$bin" >"$log.out" 2>"$log.err" &
+                bash scripts/iterate.sh "pipeline=$cfg" "bin=$bin" >"$log.out" 2>"$log.err" &
             pids+=($!)
             order=reverse # the second arm evaluates its models last first (see scripts/iterate.sh)
         done

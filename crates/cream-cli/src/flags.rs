@@ -158,6 +158,10 @@ pub struct Stage {
     pub config: ConfigArg,
     #[command(flatten)]
     pub store: StoreArg,
+    /// Compute nothing: print the artifact if it is already in the store, else exit with status
+    /// 3 (the cluster driver uses it to submit only what is missing).
+    #[arg(long)]
+    pub cached_only: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -167,7 +171,8 @@ impl Stage {
     pub fn init(&self) -> Result<(cream_stages::config::Pipeline, cream_stages::ctx::Ctx)> {
         self.common.init()?;
         let pipeline = self.config.load()?;
-        let ctx = cream_stages::ctx::Ctx::new(&self.store.artifacts, self.common.quiet)?;
+        let mut ctx = cream_stages::ctx::Ctx::new(&self.store.artifacts, self.common.quiet)?;
+        ctx.cached_only = self.cached_only;
         Ok((pipeline, ctx))
     }
 }

@@ -36,6 +36,7 @@ pub const MANIFEST_FORMAT: &str = "cream-manifest/1";
 const LOCKS_DIR: &str = ".locks";
 const TMP_PREFIX: &str = ".tmp-";
 const RECOVERY_PREFIX: &str = ".recovery-";
+const CHECKPOINT_PREFIX: &str = ".checkpoint-";
 
 /// Environment variable naming the failpoint a process halts at (see [`failpoint`]).
 pub const FAILPOINT_ENV: &str = "CREAM_FAILPOINT";
@@ -395,6 +396,16 @@ impl Store {
         self.root
             .join(&spec.stage)
             .join(format!("{RECOVERY_PREFIX}{}", spec.id()))
+    }
+
+    /// Where a long stage producing `spec` keeps its checkpoints while it runs, so that a rerun
+    /// after a kill (a preempted or requeued cluster job) resumes instead of starting over:
+    /// `<root>/<stage>/.checkpoint-<id>/`. Never an input, never published; [`Store::gc`] leaves it
+    /// alone (it is worth keeping until the stage finishes, which removes it).
+    pub fn checkpoint_dir(&self, spec: &ArtifactSpec) -> PathBuf {
+        self.root
+            .join(&spec.stage)
+            .join(format!("{CHECKPOINT_PREFIX}{}", spec.id()))
     }
 
     /// The finished, verified artifact of `spec`, if it exists.

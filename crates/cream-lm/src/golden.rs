@@ -337,6 +337,7 @@ mod tests {
     /// token ids under the reference and the two perturbed policies, and r = S_policy - S_ref from
     /// those sums must match the golden r1 / r2 (not the golden S values subtracted again).
     #[test]
+    #[ignore = "needs `just setup`: the default model in data/models"]
     fn golden_rewards_match_cream_scoring() {
         let lm = default_model();
         let golden = read(&repo_root().join("../shared/golden/smollm2_dpo.json")).unwrap();

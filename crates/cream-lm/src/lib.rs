@@ -5,6 +5,7 @@
 //! (KV-cache sampling). [`load`] reads GGUF files and Hugging Face directories and saves Hugging
 //! Face layout; [`tokenizer`] renders the model's chat template and finds the scoring boundary.
 
+pub mod checkpoint;
 pub mod config;
 pub mod fused;
 pub mod generate;

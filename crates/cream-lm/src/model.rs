@@ -85,6 +85,21 @@ pub struct Frozen<'a> {
     head: Tensor,
 }
 
+/// What the layers of one forward pass share.
+struct Pass<'a> {
+    b: usize,
+    t: usize,
+    mode: Mode,
+    /// The inference snapshot ([`Mode::Infer`]), or `None` for the differentiable path.
+    frozen: Option<&'a Frozen<'a>>,
+    attn: &'a Attention,
+    /// RoPE cos/sin rows of the pass's positions.
+    cos: Tensor,
+    sin: Tensor,
+    /// Causal masks by row length, built once per pass (row-by-row causal attention).
+    causal_masks: HashMap<usize, Tensor>,
+}
+
 impl Frozen<'_> {
     pub fn model(&self) -> &Model {
         self.model
@@ -318,97 +333,127 @@ impl Model {
     ) -> Result<Tensor> {
         let mode = if frozen.is_some() { Mode::Infer } else { Mode::Train };
         let (b, t) = ids.dims2()?;
-        let cfg = &self.cfg;
         let (cos, sin) = self.rope_at(positions, b, t)?;
         let embed = Self::w(&self.embed, mode);
-        let mut x = embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
-        let eps = cfg.rms_norm_eps as f32;
-        let rep = cfg.num_heads / cfg.num_kv_heads;
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        let mut x = embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         if let Attention::Causal(lens) = attn {
             ensure!(
                 lens.len() == b && lens.iter().all(|&l| l >= 1 && l <= t),
                 "causal attention needs one length in 1..={t} per row, got {lens:?}"
             );
         }
-        let mut causal_masks: HashMap<usize, Tensor> = HashMap::new();
-        for (li, layer) in self.layers.iter().enumerate() {
-            let xn = rms_norm(&x, &Self::w(&layer.input_norm, mode), eps, mode)?;
-            let split = |y: Tensor, n: usize| -> Result<Tensor> {
-                Ok(y.reshape((b, t, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
-            };
-            let (q, k, v) = match frozen {
-                Some(f) => {
-                    let fl = &f.layers[li];
-                    let qkv = linear_frozen(&xn, &fl.qkv, fl.qkv_b.as_ref())?;
-                    (
-                        split(qkv.narrow(2, 0, qd)?, cfg.num_heads)?,
-                        split(qkv.narrow(2, qd, kvd)?, cfg.num_kv_heads)?,
-                        split(qkv.narrow(2, qd + kvd, kvd)?, cfg.num_kv_heads)?,
-                    )
-                }
-                None => {
-                    let proj = |w: &Var, bias: &Option<Var>, n: usize| -> Result<Tensor> {
-                        split(linear(&xn, &Self::w(w, mode), bias.as_ref().map(|v| Self::w(v, mode)))?, n)
-                    };
-                    (
-                        proj(&layer.q, &layer.q_bias, cfg.num_heads)?,
-                        proj(&layer.k, &layer.k_bias, cfg.num_kv_heads)?,
-                        proj(&layer.v, &layer.v_bias, cfg.num_kv_heads)?,
-                    )
-                }
-            };
-            let q = rope(&q, &cos, &sin, mode)?;
-            let k = rope(&k, &cos, &sin, mode)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c[li].append(&k, &v)?,
-                None => (k, v),
-            };
-            let att = match attn {
-                Attention::Masked(mask) => sdpa(&q, &k, &v, mask, rep, scale, mode)?,
-                Attention::Causal(lens) if crate::fused::supported(&q) => {
-                    crate::fused::causal_attention(&q, &k, &v, lens, scale, mode == Mode::Train)?
-                }
-                Attention::Causal(lens) => {
-                    // Each row attends over its own length only, so padding never enters a
-                    // reduction and a row's numbers do not depend on its batch.
-                    let mut rows = Vec::with_capacity(b);
-                    for (row, &len) in lens.iter().enumerate() {
-                        let sl = |x: &Tensor| x.narrow(0, row, 1)?.narrow(2, 0, len);
-                        let mask = causal_masks.entry(len).or_insert_with(|| {
-                            attention_mask(&[0], 0, len, &self.device).expect("mask")
-                        });
-                        let a = sdpa(&sl(&q)?, &sl(&k)?, &sl(&v)?, mask, rep, scale, mode)?;
-                        rows.push(if len < t { a.pad_with_zeros(2, 0, t - len)? } else { a });
-                    }
-                    Tensor::cat(&rows, 0)?
-                }
-            };
-            let att = att.transpose(1, 2)?.reshape((b, t, qd))?;
-            let o = match frozen {
-                Some(f) => linear_frozen(&att, &f.layers[li].o, None)?,
-                None => linear(&att, &Self::w(&layer.o, mode), None)?,
-            };
-            x = (x + o)?;
-            let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, mode)?;
-            let mlp = match frozen {
-                Some(f) => {
-                    let fl = &f.layers[li];
-                    let gu = linear_frozen(&xn, &fl.gate_up, None)?;
-                    let i = cfg.intermediate_size;
-                    let h = (candle_nn::ops::silu(&gu.narrow(2, 0, i)?)? * gu.narrow(2, i, i)?)?;
-                    linear_frozen(&h, &fl.down, None)?
-                }
-                None => {
-                    let g = linear(&xn, &Self::w(&layer.gate, mode), None)?;
-                    let u = linear(&xn, &Self::w(&layer.up, mode), None)?;
-                    linear(&(candle_nn::ops::silu(&g)? * u)?, &Self::w(&layer.down, mode), None)?
-                }
-            };
-            x = (x + mlp)?;
+        let mut pass = Pass { b, t, mode, frozen, attn, cos, sin, causal_masks: HashMap::new() };
+        for li in 0..self.layers.len() {
+            x = self.layer_forward(li, x, &mut pass, cache.as_deref_mut().map(|c| &mut c[li]))?;
         }
-        rms_norm(&x, &Self::w(&self.norm, mode), eps, mode)
+        rms_norm(&x, &Self::w(&self.norm, mode), self.cfg.rms_norm_eps as f32, mode)
+    }
+
+    /// Layer `li` on the residual stream `x`: pre-norm attention and pre-norm MLP, each added to
+    /// the stream. `cache`: the layer's KV cache, if any.
+    fn layer_forward(&self, li: usize, x: Tensor, pass: &mut Pass, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (layer, mode) = (&self.layers[li], pass.mode);
+        let eps = self.cfg.rms_norm_eps as f32;
+        let xn = rms_norm(&x, &Self::w(&layer.input_norm, mode), eps, mode)?;
+        let (q, k, v) = self.qkv(li, &xn, pass)?;
+        let q = rope(&q, &pass.cos, &pass.sin, mode)?;
+        let k = rope(&k, &pass.cos, &pass.sin, mode)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let att = self.attend(&q, &k, &v, pass)?;
+        let att = att.transpose(1, 2)?.reshape((pass.b, pass.t, self.cfg.num_heads * self.cfg.head_dim))?;
+        let o = match pass.frozen {
+            Some(f) => linear_frozen(&att, &f.layers[li].o, None)?,
+            None => linear(&att, &Self::w(&layer.o, mode), None)?,
+        };
+        let x = (x + o)?;
+        let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, mode)?;
+        let mlp = self.mlp(li, &xn, pass)?;
+        Ok((x + mlp)?)
+    }
+
+    /// The query, key and value heads of layer `li` for the normed stream `xn`, each
+    /// `(B, heads, T, head_dim)`: one concatenated matmul when frozen, three otherwise.
+    fn qkv(&self, li: usize, xn: &Tensor, pass: &Pass) -> Result<(Tensor, Tensor, Tensor)> {
+        let cfg = &self.cfg;
+        let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((pass.b, pass.t, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        match pass.frozen {
+            Some(f) => {
+                let fl = &f.layers[li];
+                let qkv = linear_frozen(xn, &fl.qkv, fl.qkv_b.as_ref())?;
+                Ok((
+                    split(qkv.narrow(2, 0, qd)?, cfg.num_heads)?,
+                    split(qkv.narrow(2, qd, kvd)?, cfg.num_kv_heads)?,
+                    split(qkv.narrow(2, qd + kvd, kvd)?, cfg.num_kv_heads)?,
+                ))
+            }
+            None => {
+                let (layer, mode) = (&self.layers[li], pass.mode);
+                let proj = |w: &Var, bias: &Option<Var>, n: usize| -> Result<Tensor> {
+                    split(linear(xn, &Self::w(w, mode), bias.as_ref().map(|v| Self::w(v, mode)))?, n)
+                };
+                Ok((
+                    proj(&layer.q, &layer.q_bias, cfg.num_heads)?,
+                    proj(&layer.k, &layer.k_bias, cfg.num_kv_heads)?,
+                    proj(&layer.v, &layer.v_bias, cfg.num_kv_heads)?,
+                ))
+            }
+        }
+    }
+
+    /// Attention of `q` over `k`/`v` as `pass.attn` allows, `(B, H, T, head_dim)`: an explicit
+    /// mask, cream's fused causal kernel where it applies, else causal attention row by row.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pass: &mut Pass) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let rep = cfg.num_heads / cfg.num_kv_heads;
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let mode = pass.mode;
+        Ok(match pass.attn {
+            Attention::Masked(mask) => sdpa(q, k, v, mask, rep, scale, mode)?,
+            Attention::Causal(lens) if crate::fused::supported(q) => {
+                crate::fused::causal_attention(q, k, v, lens, scale, mode == Mode::Train)?
+            }
+            Attention::Causal(lens) => {
+                // Each row attends over its own length only, so padding never enters a
+                // reduction and a row's numbers do not depend on its batch.
+                let mut rows = Vec::with_capacity(pass.b);
+                for (row, &len) in lens.iter().enumerate() {
+                    let sl = |x: &Tensor| x.narrow(0, row, 1)?.narrow(2, 0, len);
+                    let mask = pass
+                        .causal_masks
+                        .entry(len)
+                        .or_insert_with(|| attention_mask(&[0], 0, len, &self.device).expect("mask"));
+                    let a = sdpa(&sl(q)?, &sl(k)?, &sl(v)?, mask, rep, scale, mode)?;
+                    rows.push(if len < pass.t { a.pad_with_zeros(2, 0, pass.t - len)? } else { a });
+                }
+                Tensor::cat(&rows, 0)?
+            }
+        })
+    }
+
+    /// The SwiGLU MLP of layer `li` on the normed stream `xn`: `down(silu(gate(xn)) * up(xn))`,
+    /// gate and up as one matmul when frozen.
+    fn mlp(&self, li: usize, xn: &Tensor, pass: &Pass) -> Result<Tensor> {
+        match pass.frozen {
+            Some(f) => {
+                let fl = &f.layers[li];
+                let gu = linear_frozen(xn, &fl.gate_up, None)?;
+                let i = self.cfg.intermediate_size;
+                let h = (candle_nn::ops::silu(&gu.narrow(2, 0, i)?)? * gu.narrow(2, i, i)?)?;
+                linear_frozen(&h, &fl.down, None)
+            }
+            None => {
+                let (layer, mode) = (&self.layers[li], pass.mode);
+                let g = linear(xn, &Self::w(&layer.gate, mode), None)?;
+                let u = linear(xn, &Self::w(&layer.up, mode), None)?;
+                linear(&(candle_nn::ops::silu(&g)? * u)?, &Self::w(&layer.down, mode), None)
+            }
+        }
     }
 
     /// Logits for hidden rows `(N, hidden)` -> `(N, vocab)`.

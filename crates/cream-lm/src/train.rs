@@ -2,7 +2,9 @@
 //! tensors, AdamW with decoupled weight decay, the cosine schedule with linear warmup,
 //! gradient accumulation and global-norm clipping.
 
-use anyhow::{Result, bail, ensure};
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Tensor, Var};
 
 use crate::model::{Mode, Model};
@@ -128,6 +130,50 @@ impl AdamW {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.t
+    }
+
+    /// The optimizer state as named CPU tensors (`m.<i>`, `v.<i>` for parameter `i` in
+    /// `Model::named_vars` order), for a checkpoint; [`AdamW::steps`] completes it.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(2 * self.state.len());
+        for (i, ((var, _), s)) in self.vars.iter().zip(&self.state).enumerate() {
+            let shape = var.as_tensor().shape();
+            let (m, v) = match s {
+                Moments::Host { m, v } => (
+                    Tensor::from_slice(m, shape, &candle_core::Device::Cpu)?,
+                    Tensor::from_slice(v, shape, &candle_core::Device::Cpu)?,
+                ),
+                Moments::Device { m, v } => (m.to_device(&candle_core::Device::Cpu)?, v.to_device(&candle_core::Device::Cpu)?),
+            };
+            out.push((format!("m.{i}"), m));
+            out.push((format!("v.{i}"), v));
+        }
+        Ok(out)
+    }
+
+    /// Restore the state saved by [`AdamW::state_tensors`] after `steps` steps. Every moment must
+    /// be present with its parameter's shape.
+    pub fn load_state(&mut self, steps: usize, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (i, ((var, _), s)) in self.vars.iter().zip(&mut self.state).enumerate() {
+            let t = var.as_tensor();
+            let get = |name: String| -> Result<Tensor> {
+                let x = tensors.get(&name).with_context(|| format!("optimizer state lacks {name}"))?;
+                ensure!(x.dims() == t.dims(), "optimizer state {name} has shape {:?}, the parameter {:?}", x.dims(), t.dims());
+                Ok(x.to_dtype(DType::F32)?)
+            };
+            let (m, v) = (get(format!("m.{i}"))?, get(format!("v.{i}"))?);
+            *s = match s {
+                Moments::Host { .. } => Moments::Host { m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? },
+                Moments::Device { .. } => Moments::Device { m: m.to_device(t.device())?, v: v.to_device(t.device())? },
+            };
+        }
+        self.t = steps;
         Ok(())
     }
 }

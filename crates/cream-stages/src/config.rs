@@ -31,6 +31,113 @@ pub struct Pipeline {
     pub pair: PairSection,
     pub train: TrainSection,
     pub eval: EvalSection,
+    /// How `just iterate executor=slurm` submits each stage (ignored by local runs; never part of
+    /// an artifact key).
+    #[serde(default)]
+    pub slurm: SlurmSection,
+}
+
+/// The `[slurm]` section: job resources for the cluster executor (README "Running on a Slurm
+/// cluster"). Top-level keys apply to every stage; `[slurm.stage.<name>]` tables override them
+/// for one stage. An unset key is not passed to sbatch, so the cluster's defaults and the
+/// standard `SBATCH_*` environment variables apply (a key set here wins over `SBATCH_*`, as any
+/// sbatch command-line option does).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    /// Array tasks of each shardable stage (generate, judge, eval): shard k/n runs as task k,
+    /// then one merge job publishes the unsharded artifact. 1 (the default) = one job, no array.
+    pub shards: Option<usize>,
+    pub partition: Option<String>,
+    pub time: Option<String>,
+    pub cpus: Option<u32>,
+    pub mem: Option<String>,
+    pub gres: Option<String>,
+    /// Per-stage overrides, by stage name (prepare, train, generate, judge, consistency, pair,
+    /// eval, report).
+    #[serde(default)]
+    pub stage: std::collections::BTreeMap<String, SlurmJob>,
+}
+
+/// Resources of one stage's jobs (the same keys as [`SlurmSection`]'s top level).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmJob {
+    /// Array tasks of a shardable stage (generate, judge, eval): shard k/n runs as task k, then
+    /// one merge job publishes the unsharded artifact. 1 (the default) = one job, no array.
+    pub shards: Option<usize>,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--time`, e.g. "02:00:00".
+    pub time: Option<String>,
+    /// `--cpus-per-task` (also the stage's thread count).
+    pub cpus: Option<u32>,
+    /// `--mem`, e.g. "16G".
+    pub mem: Option<String>,
+    /// `--gres`, e.g. "gpu:1" (use a binary built with the `cuda` feature).
+    pub gres: Option<String>,
+}
+
+/// The stages the loop runs, by the names `[slurm.stage.<name>]` takes.
+pub const LOOP_STAGES: [&str; 8] = ["prepare", "train", "generate", "judge", "consistency", "pair", "eval", "report"];
+/// The stages whose work is per prompt and runs as a job array (`--shard k/n` + `--merge`).
+pub const SHARDABLE_STAGES: [&str; 3] = ["generate", "judge", "eval"];
+
+impl SlurmSection {
+    /// The resources of `stage`'s jobs: its overrides over the top-level keys.
+    pub fn job(&self, stage: &str) -> SlurmJob {
+        let (a, o) = (self, self.stage.get(stage).cloned().unwrap_or_default());
+        let shardable = SHARDABLE_STAGES.contains(&stage);
+        SlurmJob {
+            shards: if shardable { o.shards.or(a.shards) } else { None },
+            partition: o.partition.or_else(|| a.partition.clone()),
+            time: o.time.or_else(|| a.time.clone()),
+            cpus: o.cpus.or(a.cpus),
+            mem: o.mem.or_else(|| a.mem.clone()),
+            gres: o.gres.or_else(|| a.gres.clone()),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for name in self.stage.keys() {
+            ensure!(
+                LOOP_STAGES.contains(&name.as_str()),
+                "[slurm.stage.{name}]: no such stage; the stages are {}",
+                LOOP_STAGES.join(", ")
+            );
+        }
+        for (name, o) in &self.stage {
+            ensure!(
+                o.shards.is_none() || SHARDABLE_STAGES.contains(&name.as_str()),
+                "[slurm.stage.{name}] shards: only {} run as job arrays",
+                SHARDABLE_STAGES.join(", ")
+            );
+        }
+        for stage in LOOP_STAGES {
+            let j = self.job(stage);
+            ensure!(j.shards != Some(0), "[slurm] shards for {stage} must be >= 1");
+            ensure!(j.cpus != Some(0), "[slurm] cpus for {stage} must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+impl SlurmJob {
+    /// The sbatch options of these resources (unset keys give none).
+    pub fn sbatch_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut opt = |flag: &str, value: Option<String>| {
+            if let Some(x) = value {
+                v.push(format!("--{flag}={x}"));
+            }
+        };
+        opt("partition", self.partition.clone());
+        opt("time", self.time.clone());
+        opt("cpus-per-task", self.cpus.map(|c| c.to_string()));
+        opt("mem", self.mem.clone());
+        opt("gres", self.gres.clone());
+        v
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,24 +147,31 @@ pub struct ModelSection {
     pub base: PathBuf,
 }
 
+/// `[data]`: the data files of `prepare`. The built-in keys (`gsm8k_train`, `gsm8k_test`,
+/// `socialiqa`, `quartz`) are the paper's data with its fixed splits; `[[data.sources]]` adds
+/// files of any task (README "Your own data"). Every key is optional, but there must be prompts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// GSM8K-format JSONL or Parquet ({"question", "answer"}): unlabeled prompts (answers dropped) and SFT
     /// seed pairs.
-    pub gsm8k_train: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k_train: Option<PathBuf>,
     /// GSM8K-format JSONL or Parquet used for evaluation.
-    pub gsm8k_test: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k_test: Option<PathBuf>,
     /// Social IQa as shipped in the evals package ({"input": [{"role", "content"}], "ideal"}), or
     /// Parquet with flat `question` (or `prompt`) and `ideal` string columns.
-    pub socialiqa: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socialiqa: Option<PathBuf>,
     /// Fraction of Social IQa rows held out for evaluation (deterministic hash split).
     #[serde(default = "half")]
     pub socialiqa_eval_fraction: f64,
     /// Unlabeled prompts per source (0 = all); split evenly across iterations.
     #[serde(default)]
     pub prompts_per_source: usize,
-    /// SFT seed pairs (GSM8K train rows not used as prompts).
+    /// SFT seed pairs (GSM8K train rows not used as prompts; needs `gsm8k_train`).
+    #[serde(default)]
     pub sft_examples: usize,
     /// Eval rows per task (0 = all).
     #[serde(default)]
@@ -70,6 +184,108 @@ pub struct DataSection {
     /// the held-out rows, QuaRTz when given); 0 = all; unset = no multiple-choice items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mc_per_task: Option<usize>,
+    /// Further data files (`[[data.sources]]`), e.g. your own unlabeled prompts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<DataSource>,
+}
+
+/// One `[[data.sources]]` entry: a data file, the task its rows belong to, what they are for
+/// and their shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// JSONL, or Parquet when the path ends in `.parquet`.
+    pub path: PathBuf,
+    /// The task name of its rows (the `task` column; accuracies are reported per task).
+    pub task: String,
+    pub role: SourceRole,
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Rows kept, the first of a deterministic hash order (0 = all). Unset: `prompts_per_source`
+    /// for prompts, `eval_per_task` (generative) and `mc_per_task` (multiple choice) for eval, all
+    /// rows for sft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// What the rows of a data source are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceRole {
+    /// Unlabeled prompts of the loop (`pool.parquet`); an answer, if any, is dropped.
+    Prompts,
+    /// SFT seed pairs (`sft.parquet`): prompt and reference response.
+    Sft,
+    /// Evaluation items (`eval.parquet`, and `mc.parquet` for items with choices).
+    Eval,
+}
+
+impl SourceRole {
+    /// The name used in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceRole::Prompts => "prompts",
+            SourceRole::Sft => "sft",
+            SourceRole::Eval => "eval",
+        }
+    }
+}
+
+/// The row shape of a data source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// `{"prompt", "answer"?, "choices"?, "id"?}`.
+    #[default]
+    Generic,
+    /// `{"question", "answer"}`, the answer ending in `#### <number>`.
+    Gsm8k,
+    /// The evals package's Social IQa form (see `socialiqa` above).
+    Socialiqa,
+    /// The evals package's QuaRTz form (see `quartz` above).
+    Quartz,
+}
+
+impl DataSection {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (0.0..1.0).contains(&self.socialiqa_eval_fraction),
+            "[data] socialiqa_eval_fraction must be in [0, 1)"
+        );
+        ensure!(
+            self.sft_examples == 0 || self.gsm8k_train.is_some(),
+            "[data] sft_examples = {} needs gsm8k_train (the SFT pairs are taken from it); for your own \
+             SFT pairs add a [[data.sources]] with role = \"sft\"",
+            self.sft_examples
+        );
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("[[data.sources]] #{} ({})", i + 1, s.path.display());
+            ensure!(
+                !s.task.is_empty() && s.task.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{at}: task {:?} must be a name of ASCII letters, digits, `_` and `-` (it names report columns, \
+                 e.g. acc_<task>)",
+                s.task
+            );
+            ensure!(
+                s.role != SourceRole::Sft || matches!(s.format, SourceFormat::Generic | SourceFormat::Gsm8k),
+                "{at}: role = \"sft\" needs reference responses, which format \"{}\" does not have; use format \
+                 \"generic\" (with `answer`) or \"gsm8k\"",
+                format!("{:?}", s.format).to_lowercase()
+            );
+            ensure!(
+                s.role != SourceRole::Eval || s.format != SourceFormat::Quartz || self.mc_per_task.is_some(),
+                "{at}: QuaRTz items are scored by log-likelihood only; set [data] mc_per_task (0 = all)"
+            );
+        }
+        let prompts = self.gsm8k_train.is_some()
+            || self.socialiqa.is_some()
+            || self.sources.iter().any(|s| s.role == SourceRole::Prompts);
+        ensure!(
+            prompts,
+            "[data] has no prompts: set gsm8k_train or socialiqa, or add a [[data.sources]] with role = \"prompts\""
+        );
+        Ok(())
+    }
 }
 
 fn half() -> f64 {
@@ -202,6 +418,15 @@ pub struct TrainSection {
     /// Cap on optimizer steps (0 = no cap), for smoke runs.
     #[serde(default)]
     pub max_steps: usize,
+    /// Write a checkpoint (weights, optimizer state, position, metrics) every this many optimizer
+    /// steps (0 = never), so a killed or requeued run resumes where it stopped with the same
+    /// final model. It does not change the result, so it is not part of the artifact key.
+    #[serde(default = "default_checkpoint_every", skip_serializing)]
+    pub checkpoint_every: usize,
+}
+
+fn default_checkpoint_every() -> usize {
+    20
 }
 
 fn default_micro() -> usize {
@@ -297,18 +522,71 @@ impl Pipeline {
         ensure!(g.max_new_tokens >= 1 && g.max_prompt_tokens >= 1, "[generate] token limits must be >= 1");
         ensure!(g.batch_size >= 1, "[generate] batch_size must be >= 1");
         self.judge.validate()?;
+        self.slurm.validate()?;
         if let CMode::Fixed(c) = self.pair.c_mode {
             ensure!((0.0..=1.0).contains(&c), "[pair] fixed C must be in [0, 1] (got {c})");
         }
         ensure!(self.pair.min_tokens <= self.pair.max_tokens, "[pair] min_tokens > max_tokens");
-        ensure!(
-            (0.0..1.0).contains(&self.data.socialiqa_eval_fraction),
-            "[data] socialiqa_eval_fraction must be in [0, 1)"
-        );
+        self.data.validate()?;
         ensure!(self.iterations >= 1, "iterations must be >= 1");
         ensure!(self.eval.max_new_tokens >= 1 && self.eval.batch_size >= 1, "[eval] limits must be >= 1");
         self.sft.validate("sft")?;
         self.train.validate("train")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smoke_with(extra: &str) -> Result<Pipeline> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/smoke.toml");
+        let text = std::fs::read_to_string(path)? + extra;
+        let p: Pipeline = toml::from_str(&text)?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    #[test]
+    fn slurm_stage_overrides_win_over_the_top_level_and_unset_keys_pass_nothing() {
+        let p = smoke_with(
+            "[slurm]\nshards = 4\npartition = \"cpu\"\ncpus = 2\n\
+             [slurm.stage.train]\npartition = \"gpu\"\ngres = \"gpu:1\"\ntime = \"12:00:00\"\n\
+             [slurm.stage.judge]\nshards = 2\n",
+        )
+        .unwrap();
+        let train = p.slurm.job("train");
+        assert_eq!(train.sbatch_args(), ["--partition=gpu", "--time=12:00:00", "--cpus-per-task=2", "--gres=gpu:1"]);
+        assert_eq!(train.shards, None, "training is one job");
+        assert_eq!(p.slurm.job("generate").shards, Some(4));
+        assert_eq!(p.slurm.job("judge").shards, Some(2));
+        assert_eq!(p.slurm.job("pair").sbatch_args(), ["--partition=cpu", "--cpus-per-task=2"]);
+        assert!(smoke_with("").unwrap().slurm.job("eval").sbatch_args().is_empty(), "no [slurm]: sbatch's defaults");
+    }
+
+    #[test]
+    fn slurm_section_refuses_unknown_stages_keys_and_arrays_of_single_job_stages() {
+        for (extra, needle) in [
+            ("[slurm.stage.trian]\ncpus = 1\n", "no such stage"),
+            ("[slurm.stage.train]\nshards = 2\n", "only generate, judge, eval"),
+            ("[slurm]\nshards = 0\n", "must be >= 1"),
+            ("[slurm]\ncpu = 2\n", "unknown field"),
+        ] {
+            let err = format!("{:#}", smoke_with(extra).err().unwrap_or_else(|| panic!("{extra} accepted")));
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_interval_is_not_a_training_parameter() {
+        // The train stage's key hashes the serialized [train] / [sft] section: a checkpoint
+        // interval does not change the model, so it must not change the key.
+        let a = smoke_with("").unwrap();
+        let mut c = a.clone();
+        c.train.checkpoint_every = 5;
+        let v = serde_json::to_value(&c.train).unwrap();
+        assert_eq!(v, serde_json::to_value(&a.train).unwrap());
+        assert!(v.get("checkpoint_every").is_none(), "{v}");
     }
 }

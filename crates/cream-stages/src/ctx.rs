@@ -10,14 +10,21 @@ use serde_json::Value;
 /// across commits that do not change the crate version.
 pub const CODE_VERSION: &str = concat!("cream ", env!("CARGO_PKG_VERSION"));
 
+/// The exit status of a stage run with [`Ctx::cached_only`] whose artifact is not in the store.
+pub const NOT_CACHED_EXIT: i32 = 3;
+
 pub struct Ctx {
     pub store: Store,
     pub quiet: bool,
+    /// Compute nothing: every artifact must already be in the store. A miss ends the process
+    /// with status [`NOT_CACHED_EXIT`]. Cluster drivers use it to ask which artifacts a command
+    /// would produce and whether they exist, so a rerun submits only what is missing.
+    pub cached_only: bool,
 }
 
 impl Ctx {
     pub fn new(artifacts: &Path, quiet: bool) -> Result<Self> {
-        Ok(Ctx { store: Store::open(artifacts)?, quiet })
+        Ok(Ctx { store: Store::open(artifacts)?, quiet, cached_only: false })
     }
 
     /// An info message on stderr (through `tracing`; hidden with --quiet).
@@ -39,6 +46,10 @@ impl Ctx {
         work: impl FnOnce(&Path) -> Result<ProduceOutput>,
     ) -> Result<Artifact> {
         let stage = spec.stage.clone();
+        if self.cached_only && self.store.lookup(&spec)?.is_none() {
+            self.log(format!("{stage}: {} is not in the store (--cached-only)", spec.id().as_str()));
+            std::process::exit(NOT_CACHED_EXIT);
+        }
         let produced = self.store.produce(&spec, CODE_VERSION, &Self::backend(), work)?;
         let a = produced.artifact;
         if produced.cache_hit {
@@ -61,7 +72,7 @@ impl Ctx {
     /// external model.
     pub fn model_input(&self, role: &str, path: &Path) -> Result<(InputRef, PathBuf)> {
         let inside_store = std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(self.store.root()));
-        match self.store.open_artifact(&path.to_string_lossy(), Some("train")) {
+        match self.store.open_artifact(&path.to_string_lossy(), Some(crate::names::stage::TRAIN)) {
             Ok(a) => return Ok((a.as_input(role), a.dir.clone())),
             Err(e) if inside_store => {
                 return Err(e.context(format!("--{role} {} is not a usable model", path.display())));
@@ -86,7 +97,7 @@ impl Ctx {
                 format!("model {} is not readable; run `just setup` for the default model", path.display())
             })?
         };
-        Ok((InputRef { name: role.into(), stage: "source".into(), id }, path.to_path_buf()))
+        Ok((InputRef { name: role.into(), stage: crate::names::stage::SOURCE.into(), id }, path.to_path_buf()))
     }
 }
 

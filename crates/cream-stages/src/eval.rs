@@ -5,57 +5,26 @@
 //! GSM8K: the number after the highest-priority marker (else the last number), compared as
 //! numbers ("18.0" == "18"). Multiple choice (Social IQa, ARC, OBQA): the letter after the first
 //! `answer:`; the reference code's last-standalone-letter fallback only with
-//! `[eval] compat_last_letter`. Accuracy is reported per task in percent, with the unweighted mean
+//! `[eval] compat_last_letter`. Other tasks (evaluation sets of `[[data.sources]]`): by the form
+//! of the gold answer, see [`grade`]. Accuracy is reported per task in percent, with the unweighted mean
 //! over tasks, in the manifest's `extra`.
 //!
 //! Like `generate`, eval can run as shard `k/n` ([`run_shard`]: the eval rows at positions `p`
 //! with `p % n == k`) and the shards be merged ([`merge`]) into the unsharded artifact.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
-use cream_algo::{extract_choice, extract_number, normalize_number, numbers_equal};
+use anyhow::{Context, Result, ensure};
 use cream_core::{Artifact, ArtifactSpec, EvalRow, InputRef, ProduceOutput, PromptRow, read_table, write_table};
 use cream_lm::{GenRequest, SamplingParams};
 use serde_json::json;
 
 use crate::config::Pipeline;
+use crate::grade::grade;
 use crate::ctx::{Ctx, params};
+use crate::names;
 use crate::shard::{self, Shard};
-
-pub const STAGE: &str = "eval";
-
-/// Tasks graded by their multiple-choice letter.
-const CHOICE_TASKS: [&str; 4] = ["socialiqa", "arc_easy", "arc_challenge", "obqa"];
-
-/// Grade one response of `task` against its `gold` answer: the extracted answer (`None` when
-/// nothing parses) and whether it is correct.
-///
-/// `gsm8k`: [`extract_number`], correct when [`numbers_equal`] to `gold`. Multiple-choice tasks
-/// (`socialiqa`, `arc_easy`, `arc_challenge`, `obqa`): [`extract_choice`] with
-/// `compat_last_letter`, correct when equal to the gold letter (case-insensitive).
-///
-/// # Errors
-/// An unknown task, or a gold answer that is not of the task's kind (not a number for `gsm8k`,
-/// not a single letter A-D for multiple choice).
-pub fn grade(task: &str, response: &str, gold: &str, compat_last_letter: bool) -> Result<(Option<String>, bool)> {
-    if task == "gsm8k" {
-        ensure!(normalize_number(gold).is_some(), "gsm8k gold answer {gold:?} is not a number");
-        let extracted = extract_number(response);
-        let correct = extracted.as_deref().is_some_and(|e| numbers_equal(e, gold));
-        Ok((extracted, correct))
-    } else if CHOICE_TASKS.contains(&task) {
-        let gold_letter = match gold.trim().to_ascii_uppercase().as_str() {
-            g @ ("A" | "B" | "C" | "D") => g.chars().next().expect("one letter"),
-            _ => bail!("{task} gold answer {gold:?} is not a letter A-D"),
-        };
-        let extracted = extract_choice(response, compat_last_letter).map(|c| c.to_ascii_uppercase());
-        Ok((extracted.map(String::from), extracted == Some(gold_letter)))
-    } else {
-        bail!("unknown eval task {task:?}; expected gsm8k or one of {}", CHOICE_TASKS.join(", "))
-    }
-}
 
 /// Per-task counts of graded rows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +52,7 @@ fn summarize(rows: &[EvalRow]) -> serde_json::Value {
         outcomes.entry(&r.task).or_default().push(r.correct);
     }
     let intervals: BTreeMap<&str, serde_json::Value> =
-        outcomes.iter().map(|(&k, v)| (k, crate::eval_mc::accuracy_interval(v, 0))).collect();
+        outcomes.iter().map(|(&k, v)| (k, crate::summary::accuracy_interval(v, 0))).collect();
     json!({
         "accuracy": accuracy,
         "accuracy_ci95": intervals,
@@ -107,7 +76,7 @@ fn generation_params(p: &Pipeline) -> Result<serde_json::Value> {
 /// [`Shard::ALL`] is the unsharded spec).
 pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, shard: Shard) -> Result<ArtifactSpec> {
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::EVAL.into(),
         schema_version: 1,
         params: json!({"eval": generation_params(p)?, "max_prompt_tokens": p.generate.max_prompt_tokens}),
         inputs: vec![prompts.as_input("prompts"), model],
@@ -122,7 +91,7 @@ const SUMMED_EXTRA: [&str; 2] = ["truncated_prompts", "cut_off_responses"];
 /// The eval rows of `prompts` and their gold answers, checked before any generation.
 /// Only the rows of `tasks` when it is not empty (`[eval] generate_tasks`).
 fn eval_rows(prompts: &Artifact, tasks: &[String]) -> Result<Vec<PromptRow>> {
-    let rows: Vec<PromptRow> = read_table(&prompts.path("eval.parquet")?)?;
+    let rows: Vec<PromptRow> = read_table(&prompts.path(names::file::EVAL_PROMPTS)?)?;
     let rows: Vec<PromptRow> =
         rows.into_iter().filter(|r| tasks.is_empty() || tasks.contains(&r.task)).collect();
     ensure!(
@@ -150,7 +119,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
 /// `p % n == k` (their rows are the unsharded run's rows; merge the shards with [`merge`]).
 /// [`Shard::ALL`] is [`run`].
 pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Shard) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let max_prompt_tokens = p.generate.max_prompt_tokens;
     let spec = spec(p, &prompts, model_in, shard)?;
@@ -161,11 +130,11 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
         if rows.is_empty() {
             // More shards than eval rows: this shard has nothing to do.
             ctx.log(format!("eval: shard {shard} has no rows"));
-            let n = write_table::<EvalRow>(&dir.join("eval.parquet"), &[])?;
+            let n = write_table::<EvalRow>(&dir.join(names::file::EVAL), &[])?;
             let mut extra = summarize(&[]);
             extra["truncated_prompts"] = json!(0);
             extra["cut_off_responses"] = json!(0);
-            return Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n));
+            return Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::EVAL, n));
         }
         let golds: Vec<&str> = rows.iter().map(|r| r.answer.as_deref().unwrap_or_default()).collect();
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
@@ -201,7 +170,7 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
                 correct,
             });
         }
-        let n = write_table(&dir.join("eval.parquet"), &evals)?;
+        let n = write_table(&dir.join(names::file::EVAL), &evals)?;
         let mut extra = summarize(&evals);
         extra["truncated_prompts"] = json!(truncated);
         // Answers that hit `max_new_tokens` before the end-of-turn token: a high rate means the
@@ -211,7 +180,7 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
         for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
             ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
         }
-        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n))
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::EVAL, n))
     })
 }
 
@@ -222,46 +191,20 @@ pub fn run_shard(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shard: Sh
 /// of the manifest `extra` are recomputed from the merged rows (equal to the unsharded run's);
 /// `truncated_prompts` is summed and the shard ids are recorded as `merged_from`.
 pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&str]) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, _) = ctx.model_input("model", model)?;
     let spec = spec(p, &prompts, model_in, Shard::ALL)?;
     let shards = shard::open_shards(ctx, &spec, shards)?;
     ctx.produce(spec, |dir| {
         let rows = eval_rows(&prompts, &p.eval.generate_tasks)?;
-        let mut position: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            ensure!(
-                position.insert(r.prompt_id.as_str(), i).is_none(),
-                "eval.parquet of {}: prompt {} appears twice; cannot merge shards by prompt id",
-                prompts.dir.display(),
-                r.prompt_id
-            );
-        }
-        let mut slots: Vec<Option<EvalRow>> = vec![None; rows.len()];
-        for (s, a) in &shards {
-            let file = a.path("eval.parquet")?;
-            for row in read_table::<EvalRow>(&file)? {
-                let what = || format!("{}: prompt {}", file.display(), row.prompt_id);
-                let Some(&pos) = position.get(row.prompt_id.as_str()) else {
-                    bail!("{}: not an eval prompt of {}", what(), prompts.dir.display());
-                };
-                ensure!(s.keeps(pos), "{}: eval position {pos} does not belong to shard {s}", what());
-                let slot = &mut slots[pos];
-                ensure!(slot.is_none(), "{}: appears twice", what());
-                *slot = Some(row);
-            }
-        }
-        let evals = slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, row)| {
-                row.ok_or_else(|| {
-                    let owner = shards.iter().find(|(s, _)| s.keeps(i)).map(|(_, a)| a.dir.display().to_string());
-                    anyhow::anyhow!("shard artifact {} lacks eval prompt {}", owner.unwrap_or_default(), rows[i].prompt_id)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let n = write_table(&dir.join("eval.parquet"), &evals)?;
+        let layout = shard::Layout {
+            keys: rows.iter().enumerate().map(|(pos, r)| (r.prompt_id.clone(), pos)).collect(),
+            source: format!("the eval prompts of {}", prompts.dir.display()),
+        };
+        let evals = shard::merge_rows(&shards, names::file::EVAL, &layout, |r: &EvalRow| r.prompt_id.clone(), |id| {
+            format!("eval prompt {id}")
+        })?;
+        let n = write_table(&dir.join(names::file::EVAL), &evals)?;
         let mut extra = summarize(&evals);
         let summed = shard::merged_extra(&shards, &SUMMED_EXTRA);
         for (k, v) in summed.as_object().into_iter().flatten() {
@@ -270,13 +213,14 @@ pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, shards: &[&st
         for (task, acc) in extra["accuracy"].as_object().into_iter().flatten() {
             ctx.log(format!("eval: {task} {:.2}%", acc.as_f64().unwrap_or(f64::NAN)));
         }
-        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("eval.parquet", n))
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::EVAL, n))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grade::CHOICE_TASKS;
 
     #[test]
     fn gsm8k_marker_and_numeric_equality() {
@@ -312,11 +256,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_task_and_bad_gold_are_errors() {
-        let err = grade("mmlu", "Answer: A", "A", false).unwrap_err().to_string();
-        assert!(err.contains("mmlu"), "{err}");
+    fn other_tasks_are_graded_by_the_form_of_the_gold_answer() {
+        // A number: as GSM8K.
+        assert_eq!(grade("mine", "So 3 + 4.\nAnswer: 7.0", "7", false).unwrap(), (Some("7".into()), true));
+        // A letter: as multiple choice.
+        assert_eq!(grade("mine", "Answer: (c)", "C", false).unwrap(), (Some("C".into()), true));
+        // Free text: exact match of the extracted line, case and markdown aside.
+        assert_eq!(grade("capitals", "Hmm.\n**Answer:** Paris.", "paris", false).unwrap(), (Some("paris".into()), true));
+        assert_eq!(grade("capitals", "Answer: Paris, France", "Paris", false).unwrap(), (Some("paris, france".into()), false));
+        assert_eq!(grade("capitals", "Paris", "Paris", false).unwrap(), (None, false));
+        assert!(grade("capitals", "Answer: x", "two\nlines", false).is_err());
+    }
+
+    #[test]
+    fn bad_gold_is_an_error() {
         assert!(grade("gsm8k", "5", "five", false).is_err());
         assert!(grade("socialiqa", "Answer: A", "E", false).is_err());
+        assert!(grade("obqa", "Answer: A", "7", false).is_err());
     }
 
     #[test]

@@ -23,18 +23,16 @@ use serde_json::{Value, json};
 
 use crate::config::Pipeline;
 use crate::ctx::Ctx;
+use crate::names;
+use crate::summary::accuracy_interval;
 
-/// The per-item table of a log-likelihood `eval` artifact.
-pub const FILE: &str = "mc_eval.parquet";
 /// The `method` parameter that tells a log-likelihood eval artifact from a generative one.
 pub const METHOD: &str = "loglik";
-/// Bootstrap resamples for the intervals in the manifest.
-pub const BOOTSTRAP_REPS: usize = 2000;
 
 /// The spec of the log-likelihood `eval` artifact of `model` on `prompts`.
 pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef) -> ArtifactSpec {
     ArtifactSpec {
-        stage: crate::eval::STAGE.into(),
+        stage: names::stage::EVAL.into(),
         schema_version: 1,
         params: if p.eval.mc_items_per_task.is_empty() {
             json!({"method": METHOD, "mc_batch_tokens": p.eval.mc_batch_tokens})
@@ -145,15 +143,6 @@ fn grade(item: &Item, sums: &[f64]) -> McEvalRow {
     }
 }
 
-/// Accuracy in percent with its 95% bootstrap interval: `{"acc", "lo", "hi"}`.
-pub fn accuracy_interval(outcomes: &[bool], seed: u64) -> Value {
-    let x: Vec<f64> = outcomes.iter().map(|&c| f64::from(u8::from(c))).collect();
-    match cream_algo::stats::bootstrap_mean_ci(&x, BOOTSTRAP_REPS, 0.95, seed) {
-        Some(ci) => json!({"acc": 100.0 * ci.estimate, "lo": 100.0 * ci.lo, "hi": 100.0 * ci.hi}),
-        None => Value::Null,
-    }
-}
-
 /// The manifest statistics: per task `{"n", "acc": {acc, lo, hi}, "acc_norm": {acc, lo, hi}}`.
 pub fn summarize(rows: &[McEvalRow]) -> Value {
     let mut by_task: BTreeMap<&str, Vec<&McEvalRow>> = BTreeMap::new();
@@ -178,17 +167,17 @@ pub fn summarize(rows: &[McEvalRow]) -> Value {
 
 /// Score every multiple-choice item of `prompts` (`mc.parquet`) under `model`.
 pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = spec(p, &prompts, model_in);
     let batch_tokens = p.eval.mc_batch_tokens;
     ctx.produce(spec, |dir| {
-        let path = prompts.path(crate::prepare::MC_FILE).with_context(|| {
+        let path = prompts.path(names::file::MC).with_context(|| {
             format!(
                 "prepare artifact {} has no {}: it was made before multiple-choice evaluation existed; \
                  rerun `cream-prepare` and set [data] mc_per_task",
                 prompts.dir.display(),
-                crate::prepare::MC_FILE
+                names::file::MC
             )
         })?;
         let rows: Vec<ChoiceRow> = read_table(&path)?;
@@ -220,7 +209,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
             graded.push(grade(item, &sums[offset..offset + n]));
             offset += n;
         }
-        let n = write_table(&dir.join(FILE), &graded)?;
+        let n = write_table(&dir.join(names::file::MC_EVAL), &graded)?;
         let extra = summarize(&graded);
         for (task, v) in extra["tasks"].as_object().into_iter().flatten() {
             ctx.log(format!(
@@ -232,7 +221,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
                 v["n"]
             ));
         }
-        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(FILE, n))
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(names::file::MC_EVAL, n))
     })
 }
 

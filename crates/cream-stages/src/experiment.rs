@@ -20,6 +20,8 @@ use anyhow::{Context, Result, bail};
 use cream_core::{Artifact, EvalRow, McEvalRow, MetricRow, RewardRow, Store, read_table};
 use cream_plot::{Chart, Point, Series};
 
+use crate::names;
+
 /// Bootstrap resamples for intervals and paired differences.
 pub const REPS: usize = 4000;
 /// Seed of every bootstrap (fixed, so a rerun writes the same numbers).
@@ -113,7 +115,7 @@ fn open_input(store: &Store, a: &Artifact, role: &str) -> Result<Artifact> {
 
 /// Reads the run of the report artifact `report` (a path or `report/<id>`).
 pub fn read_arm(store: &Store, name: &str, report: &str) -> Result<ArmRun> {
-    let r = store.open_artifact(report, Some(crate::report::STAGE))?;
+    let r = store.open_artifact(report, Some(names::stage::REPORT))?;
     read_run(store, name, &r.manifest.inputs)
 }
 
@@ -140,15 +142,15 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
         let mut outcomes = BTreeMap::new();
         let mut cut_off = None;
         if let Some(e) = &generative {
-            let rows: Vec<EvalRow> = read_table(&e.path("eval.parquet")?)?;
+            let rows: Vec<EvalRow> = read_table(&e.path(names::file::EVAL)?)?;
             for r in rows {
                 outcomes.entry(format!("{} gen", r.task)).or_insert_with(Vec::new).push((r.prompt_id, r.correct));
             }
-            let n = e.manifest.files.get("eval.parquet").and_then(|f| f.rows).unwrap_or(0);
+            let n = e.manifest.files.get(names::file::EVAL).and_then(|f| f.rows).unwrap_or(0);
             cut_off = e.manifest.extra.get("cut_off_responses").and_then(|v| v.as_u64()).map(|c| (c, n));
         }
         if let Some(m) = &mc {
-            let rows: Vec<McEvalRow> = read_table(&m.path(crate::eval_mc::FILE)?)?;
+            let rows: Vec<McEvalRow> = read_table(&m.path(names::file::MC_EVAL)?)?;
             for r in rows {
                 outcomes.entry(format!("{} acc", r.task)).or_insert_with(Vec::new).push((r.item_id.clone(), r.correct));
                 outcomes.entry(format!("{} acc_norm", r.task)).or_insert_with(Vec::new).push((r.item_id, r.correct_norm));
@@ -178,12 +180,12 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
         };
         let (pairs, pair_c) = match role(&format!("pairs{}", t + 1)).transpose()? {
             Some(p) => (
-                p.manifest.files.get(crate::pair::FILE).and_then(|f| f.rows).unwrap_or(0),
+                p.manifest.files.get(names::file::PAIRS).and_then(|f| f.rows).unwrap_or(0),
                 p.manifest.extra.get("c_mean").and_then(|v| v.as_f64()),
             ),
             None => (0, None),
         };
-        let metrics: Vec<MetricRow> = read_table(&train.path(crate::report::METRICS_FILE)?)?;
+        let metrics: Vec<MetricRow> = read_table(&train.path(names::file::METRICS)?)?;
         iterations.push(IterationRun { t, consistency, pairs, pair_c, metrics });
     }
     let final_consistency = role("final_consistency").transpose()?.map(|c| consistency_stats(store, &c)).transpose()?;
@@ -196,7 +198,7 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
 pub fn consistency_stats(store: &Store, c: &Artifact) -> Result<ConsistencyStats> {
     let rewards = |role: &str| -> Result<BTreeMap<String, Vec<(u32, f64)>>> {
         let a = open_input(store, c, role)?;
-        let rows: Vec<RewardRow> = read_table(&a.path(crate::consistency::REWARDS_FILE)?)?;
+        let rows: Vec<RewardRow> = read_table(&a.path(names::file::REWARDS)?)?;
         let mut by: BTreeMap<String, Vec<(u32, f64)>> = BTreeMap::new();
         for r in rows {
             by.entry(r.prompt_id).or_default().push((r.sample_idx, r.reward));
@@ -231,20 +233,20 @@ pub fn consistency_stats(store: &Store, c: &Artifact) -> Result<ConsistencyStats
 fn stage_costs(store: &Store, inputs: &[cream_core::InputRef]) -> Result<Vec<StageCost>> {
     let mut seen = HashSet::new();
     let mut todo: Vec<String> =
-        inputs.iter().filter(|i| i.stage != "source").map(|i| format!("{}/{}", i.stage, i.id)).collect();
+        inputs.iter().filter(|i| i.stage != names::stage::SOURCE).map(|i| format!("{}/{}", i.stage, i.id)).collect();
     let mut out = Vec::new();
     while let Some(key) = todo.pop() {
         if !seen.insert(key.clone()) {
             continue;
         }
         let a = store.open_artifact(&key, None)?;
-        todo.extend(a.manifest.inputs.iter().filter(|i| i.stage != "source").map(|i| format!("{}/{}", i.stage, i.id)));
+        todo.extend(a.manifest.inputs.iter().filter(|i| i.stage != names::stage::SOURCE).map(|i| format!("{}/{}", i.stage, i.id)));
         let m = &a.manifest;
         let detail = ["mode", "method", "kind"].iter().find_map(|k| m.params.get(*k).and_then(|v| v.as_str()));
         let detail = match (m.stage.as_str(), detail) {
             (_, Some(d)) => d.to_string(),
-            ("eval", None) => "generate".into(),
-            ("train", None) => train_kind(&a),
+            (names::stage::EVAL, None) => "generate".into(),
+            (names::stage::TRAIN, None) => train_kind(&a),
             _ => String::new(),
         };
         let label = if detail.is_empty() { m.stage.clone() } else { format!("{} ({detail})", m.stage) };

@@ -1,18 +1,16 @@
 //! The `generate` stage (spec step 1): N samples per prompt of this iteration's prompt subset.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use cream_core::{Artifact, ArtifactSpec, InputRef, ProduceOutput, PromptRow, SampleRow, read_table, write_table};
 use cream_lm::{GenRequest, SamplingParams};
 use serde_json::json;
 
 use crate::config::Pipeline;
 use crate::ctx::{Ctx, params};
+use crate::names;
 use crate::shard::{self, Shard};
-
-pub const STAGE: &str = "generate";
 
 /// The prompts of iteration `t` (1-based): the pool split across `iterations` stratified by task,
 /// so every iteration gets the same task mix (each task's prompts, in pool order, split evenly).
@@ -29,7 +27,7 @@ const SCHEMA_VERSION: u32 = 2;
 /// `model` (shard `shard`; [`Shard::ALL`] is the unsharded spec).
 pub fn spec(p: &Pipeline, prompts: &Artifact, model: InputRef, iteration: usize, shard: Shard) -> Result<ArtifactSpec> {
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::GENERATE.into(),
         schema_version: SCHEMA_VERSION,
         params: json!({
             "generate": params(&p.generate)?,
@@ -49,13 +47,13 @@ const SUMMED_EXTRA: [&str; 3] = ["prompts", "truncated_prompts", "new_tokens"];
 /// for a shard `k/n`, for the prompts at positions `p` of that subset with `p % n == k` (their
 /// rows are the unsharded run's rows for those prompts; merge the shards with [`merge`]).
 pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usize, shard: Shard) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = spec(p, &prompts, model_in, iteration, shard)?;
     let g = p.generate.clone();
     let seed = p.seed;
     ctx.produce(spec, |dir| {
-        let pool_file = prompts.path("pool.parquet")?;
+        let pool_file = prompts.path(names::file::POOL)?;
         let pool: Vec<PromptRow> = read_table(&pool_file)?;
         let pool_rows = pool.len();
         let rows = iteration_prompts(pool, iteration, p.iterations)?;
@@ -71,12 +69,12 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
         if rows.is_empty() {
             // More shards than prompts: this shard has nothing to do.
             ctx.log(format!("generate: shard {shard} has no prompts"));
-            let n = write_table::<SampleRow>(&dir.join("samples.parquet"), &[])?;
+            let n = write_table::<SampleRow>(&dir.join(names::file::SAMPLES), &[])?;
             return Ok(ProduceOutput {
                 extra: json!({"prompts": 0, "truncated_prompts": 0, "new_tokens": 0}),
                 ..Default::default()
             }
-            .with_rows("samples.parquet", n));
+            .with_rows(names::file::SAMPLES, n));
         }
         let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
         let mut reqs = Vec::with_capacity(rows.len() * g.n);
@@ -93,7 +91,7 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
                 "{}: prompt {} has {} tokens (after truncation to [generate] max_prompt_tokens = {}); \
                  with max_new_tokens = {} that exceeds the model's context window of {context} tokens; \
                  lower [generate] max_prompt_tokens or max_new_tokens",
-                prompts.dir.join("pool.parquet").display(),
+                prompts.dir.join(names::file::POOL).display(),
                 r.prompt_id,
                 ids.len(),
                 g.max_prompt_tokens,
@@ -131,12 +129,12 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
                 seed: req.seed,
             });
         }
-        let n = write_table(&dir.join("samples.parquet"), &samples)?;
+        let n = write_table(&dir.join(names::file::SAMPLES), &samples)?;
         Ok(ProduceOutput {
             extra: json!({"prompts": rows.len(), "truncated_prompts": truncated, "new_tokens": new_tokens}),
             ..Default::default()
         }
-        .with_rows("samples.parquet", n))
+        .with_rows(names::file::SAMPLES, n))
     })
 }
 
@@ -147,49 +145,33 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
 /// must have its `[generate] n` samples in the shard that owns it. The manifest `extra` records
 /// the shard ids as `merged_from`.
 pub fn merge(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usize, shards: &[&str]) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, _) = ctx.model_input("model", model)?;
     let spec = spec(p, &prompts, model_in, iteration, Shard::ALL)?;
     let shards = shard::open_shards(ctx, &spec, shards)?;
     let n = p.generate.n;
     ctx.produce(spec, |dir| {
-        let pool: Vec<PromptRow> = read_table(&prompts.path("pool.parquet")?)?;
+        let pool: Vec<PromptRow> = read_table(&prompts.path(names::file::POOL)?)?;
         let rows = iteration_prompts(pool, iteration, p.iterations)?;
-        let position: HashMap<&str, usize> = rows.iter().enumerate().map(|(i, r)| (r.prompt_id.as_str(), i)).collect();
-        // slots[position * n + sample_idx]: the unsharded row order.
-        let mut slots: Vec<Option<SampleRow>> = vec![None; rows.len() * n];
-        for (s, a) in &shards {
-            let file = a.path("samples.parquet")?;
-            for row in read_table::<SampleRow>(&file)? {
-                let what = || format!("{}: prompt {} sample {}", file.display(), row.prompt_id, row.sample_idx);
-                let Some(&pos) = position.get(row.prompt_id.as_str()) else {
-                    bail!("{}: not a prompt of iteration {iteration}", what());
-                };
-                ensure!(s.keeps(pos), "{}: prompt position {pos} does not belong to shard {s}", what());
-                ensure!((row.sample_idx as usize) < n, "{}: sample index is not below [generate] n = {n}", what());
-                let slot = &mut slots[pos * n + row.sample_idx as usize];
-                ensure!(slot.is_none(), "{}: appears twice", what());
-                *slot = Some(row);
-            }
-        }
-        let samples = slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, row)| {
-                row.ok_or_else(|| {
-                    let owner = shards.iter().find(|(s, _)| s.keeps(i / n)).map(|(_, a)| a.dir.display().to_string());
-                    anyhow::anyhow!(
-                        "shard artifact {} lacks prompt {} sample {}",
-                        owner.unwrap_or_default(),
-                        rows[i / n].prompt_id,
-                        i % n
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let count = write_table(&dir.join("samples.parquet"), &samples)?;
+        let layout = shard::Layout {
+            // Row pos * n + k of the unsharded table: sample k of the prompt at position pos.
+            keys: rows
+                .iter()
+                .enumerate()
+                .flat_map(|(pos, r)| (0..n as u32).map(move |k| ((r.prompt_id.clone(), k), pos)))
+                .collect(),
+            source: format!("the [generate] n = {n} samples of each prompt of iteration {iteration}"),
+        };
+        let samples = shard::merge_rows(
+            &shards,
+            names::file::SAMPLES,
+            &layout,
+            |r: &SampleRow| (r.prompt_id.clone(), r.sample_idx),
+            shard::show_sample,
+        )?;
+        let count = write_table(&dir.join(names::file::SAMPLES), &samples)?;
         Ok(ProduceOutput { extra: shard::merged_extra(&shards, &SUMMED_EXTRA), ..Default::default() }
-            .with_rows("samples.parquet", count))
+            .with_rows(names::file::SAMPLES, count))
     })
 }
 

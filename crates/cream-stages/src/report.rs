@@ -25,19 +25,12 @@ use cream_core::{Artifact, ConsistencyRow, read_table};
 use polars::prelude::{AnyValue, ChunkAgg, Column, DataFrame, DataType, ParquetWriter, SortMultipleOptions};
 use serde_json::Value;
 
-use crate::consistency::read_frame;
 use crate::ctx::Ctx;
+use crate::frame::read_frame;
+use crate::names;
 
-/// The stage name of report artifacts (one per pipeline run).
-pub const STAGE: &str = "report";
 /// The key in a report manifest's `extra` holding the `--config` of the run that produced it.
 pub const CONFIG_KEY: &str = "config";
-/// The stage name of training artifacts (SFT and DPO).
-pub const TRAIN_STAGE: &str = "train";
-/// The stage name of evaluation artifacts.
-pub const EVAL_STAGE: &str = "eval";
-/// The training metrics table of a train artifact.
-pub const METRICS_FILE: &str = "metrics.parquet";
 /// Tasks that always get an accuracy column, so reports of different runs line up.
 pub const DEFAULT_TASKS: [&str; 2] = ["gsm8k", "socialiqa"];
 
@@ -130,12 +123,12 @@ pub fn build(ctx: &Ctx, pipeline_name: &str, records: &[IterationRecord]) -> Res
 fn row(ctx: &Ctx, rec: &IterationRecord) -> Result<Row> {
     let mut row = Row { iteration: u32::try_from(rec.iteration)?, ..Default::default() };
     if let Some(path) = &rec.consistency {
-        let a = ctx.open(path, crate::consistency::STAGE)?;
+        let a = ctx.open(path, names::stage::CONSISTENCY)?;
         let mut extra = a.manifest.extra.clone();
         let keys = ["c_mean", "c_std", "tau_mean", "tie_rate_current", "tie_rate_previous"];
         if keys.iter().any(|k| extra.get(k).and_then(Value::as_f64).is_none()) {
-            let rows: Vec<ConsistencyRow> = read_table(&a.path(crate::consistency::FILE)?)?;
-            extra = crate::consistency::summarize(&rows)
+            let rows: Vec<ConsistencyRow> = read_table(&a.path(names::file::CONSISTENCY)?)?;
+            extra = crate::summary::consistency(&rows)
                 .with_context(|| format!("consistency artifact {}", a.dir.display()))?;
         }
         let get = |k: &str| extra.get(k).and_then(Value::as_f64);
@@ -146,26 +139,26 @@ fn row(ctx: &Ctx, rec: &IterationRecord) -> Result<Row> {
         row.tie_rate_prev = get("tie_rate_previous");
     }
     if let Some(path) = &rec.pairs {
-        let a = ctx.open(path, crate::pair::STAGE)?;
+        let a = ctx.open(path, names::stage::PAIR)?;
         let extra = &a.manifest.extra;
         row.pairs = extra
             .get("pairs")
             .and_then(Value::as_u64)
-            .or_else(|| a.manifest.files.get(crate::pair::FILE).and_then(|f| f.rows));
+            .or_else(|| a.manifest.files.get(names::file::PAIRS).and_then(|f| f.rows));
         row.chosen_mean_len = extra.get("chosen_mean_len").and_then(Value::as_f64);
         row.rejected_mean_len = extra.get("rejected_mean_len").and_then(Value::as_f64);
     }
     if let Some(path) = &rec.train {
-        let a = ctx.open(path, TRAIN_STAGE)?;
+        let a = ctx.open(path, names::stage::TRAIN)?;
         (row.train_loss, row.reward_accuracy) = final_metrics(&a)?;
     }
     if let Some(path) = &rec.final_consistency {
-        let a = ctx.open(path, crate::consistency::STAGE)?;
+        let a = ctx.open(path, names::stage::CONSISTENCY)?;
         let get = |k: &str| a.manifest.extra.get(k).and_then(Value::as_f64);
         (row.c_final, row.tau_final) = (get("c_mean"), get("tau_mean"));
     }
     if let Some(path) = &rec.eval {
-        let a = ctx.open(path, EVAL_STAGE)?;
+        let a = ctx.open(path, names::stage::EVAL)?;
         let extra = &a.manifest.extra;
         let acc = extra.get("accuracy").and_then(Value::as_object).with_context(|| {
             format!("eval artifact {}: its manifest has no extra.accuracy object", a.dir.display())
@@ -178,7 +171,7 @@ fn row(ctx: &Ctx, rec: &IterationRecord) -> Result<Row> {
         row.accuracy.sort_by(|a, b| a.0.cmp(&b.0));
     }
     if let Some(path) = &rec.mc {
-        let a = ctx.open(path, EVAL_STAGE)?;
+        let a = ctx.open(path, names::stage::EVAL)?;
         let tasks = a.manifest.extra.get("tasks").and_then(Value::as_object).with_context(|| {
             format!("eval artifact {}: not a log-likelihood eval (its manifest has no extra.tasks)", a.dir.display())
         })?;
@@ -203,7 +196,7 @@ fn interval(v: &Value, key: &str) -> Option<(f64, f64)> {
 /// when there are fewer than 10); non-finite means (e.g. SFT's undefined reward accuracy) are
 /// `None`.
 fn final_metrics(a: &Artifact) -> Result<(Option<f64>, Option<f64>)> {
-    let path = a.path(METRICS_FILE)?;
+    let path = a.path(names::file::METRICS)?;
     let df = read_frame(
         &path,
         &[("step", DataType::UInt64), ("loss", DataType::Float64), ("reward_accuracy", DataType::Float64)],
@@ -224,7 +217,7 @@ fn final_metrics(a: &Artifact) -> Result<(Option<f64>, Option<f64>)> {
 /// temporary file and a rename, so a reader never sees half a report.
 pub fn write(df: &DataFrame, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let parquet = out_dir.join("report.parquet");
+    let parquet = out_dir.join(names::file::REPORT);
     let tmp = out_dir.join(".report.parquet.tmp");
     {
         let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -234,7 +227,7 @@ pub fn write(df: &DataFrame, out_dir: &Path) -> Result<()> {
         file.sync_all()?;
     }
     std::fs::rename(&tmp, &parquet).with_context(|| format!("cannot write {}", parquet.display()))?;
-    let md = out_dir.join("report.md");
+    let md = out_dir.join(names::file::REPORT_MD);
     let tmp = out_dir.join(".report.md.tmp");
     std::fs::write(&tmp, markdown(df)?).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &md).with_context(|| format!("cannot write {}", md.display()))?;
@@ -269,7 +262,7 @@ fn cell(v: &AnyValue) -> String {
 /// (Which columns polars shows is set by its `POLARS_FMT_*` environment variables.)
 pub fn render(report: &Artifact) -> Result<String> {
     use polars::prelude::SerReader as _;
-    let path = report.path("report.parquet")?;
+    let path = report.path(names::file::REPORT)?;
     let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let df = polars::prelude::ParquetReader::new(file)
         .finish()
@@ -304,7 +297,7 @@ fn role_index(role: &str, prefix: &str) -> Option<usize> {
 /// Every pipeline run in `store` (its `report` artifacts), newest first.
 pub fn list_runs(store: &cream_core::Store) -> Result<Vec<RunSummary>> {
     let mut runs: Vec<(RunSummary, String)> = store
-        .list(STAGE)?
+        .list(names::stage::REPORT)?
         .into_iter()
         .map(|a| {
             let m = &a.manifest;

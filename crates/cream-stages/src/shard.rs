@@ -3,18 +3,25 @@
 //! A stage whose work is per prompt (`generate`, `score`) can run as shard `k/n`: it does the
 //! work of the prompts at positions `p` with `p % n == k` (positions in the stage's own prompt
 //! order) and publishes a shard artifact whose parameters are the unsharded ones plus
-//! `"shard": "k/n"`. A merge step ([`crate::generate::merge`], [`crate::judge::merge_scores`])
-//! checks that it was given exactly the shards `0..n` of one `n`, all of the unsharded spec, and
-//! publishes their rows in the unsharded order under the unsharded spec: the same artifact id and
+//! `"shard": "k/n"`. A merge step (`generate::merge`, `score::merge_scores`, `eval::merge`)
+//! checks that it was given exactly the shards `0..n` of one `n`, all of the unsharded spec
+//! ([`open_shards`]), and publishes their rows in the unsharded order ([`merge_rows`]) under the
+//! unsharded spec: the same artifact id and
 //! the same Parquet bytes as an unsharded run, so downstream stages are cache hits either way.
 //! Rows do not depend on sharding because sampling seeds derive from (run seed, prompt id,
-//! sample index) and a row's numbers do not depend on its batch neighbours.
+//! sample index) and scoring batches never mix prompts (a sample is scored in the same batch,
+//! of the same shape, sharded or not: matrix products of other shapes round differently in the
+//! last bits). Generation batches do mix prompts, so a sampled token could in principle flip
+//! where a rounding difference of ~1e-7 meets a sampling threshold; the tests compare generated
+//! text byte for byte and have not seen it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::str::FromStr;
 
-use anyhow::{Context, Error, Result, bail, ensure};
-use cream_core::{Artifact, ArtifactSpec, canonical_json};
+use anyhow::{Context, Error, Result, anyhow, bail, ensure};
+use cream_core::{Artifact, ArtifactSpec, Table, canonical_json, read_table};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -209,8 +216,65 @@ pub fn merged_extra(shards: &[(Shard, Artifact)], sum_keys: &[&str]) -> Value {
     Value::Object(extra)
 }
 
+/// Where each row of the unsharded table goes, for [`merge_rows`]: the row keys in the
+/// unsharded order, each with the position (in the stage's prompt order) that decides which
+/// shard owns it, and what the keys are (for errors, e.g. "the samples <dir>").
+pub struct Layout<K> {
+    pub keys: Vec<(K, usize)>,
+    pub source: String,
+}
+
+/// The rows of the table `file` of every shard (as [`open_shards`] returns them) in the unsharded
+/// order of `layout`: each shard row's key (`key`) must be one of the layout's, in a position the
+/// shard owns, and given once; every key of the layout must be filled. `show` names a key in
+/// errors (e.g. "prompt p sample 3"). Errors name the shard file and the row.
+pub fn merge_rows<R: Table, K: Hash + Eq>(
+    shards: &[(Shard, Artifact)],
+    file: &str,
+    layout: &Layout<K>,
+    key: impl Fn(&R) -> K,
+    show: impl Fn(&K) -> String,
+) -> Result<Vec<R>> {
+    let mut index: HashMap<&K, usize> = HashMap::with_capacity(layout.keys.len());
+    for (i, (k, _)) in layout.keys.iter().enumerate() {
+        ensure!(index.insert(k, i).is_none(), "{}: {} appears twice; cannot merge shards by it", layout.source, show(k));
+    }
+    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(layout.keys.len()).collect();
+    for (s, a) in shards {
+        let path = a.path(file)?;
+        for row in read_table::<R>(&path)? {
+            let k = key(&row);
+            let what = || format!("{}: {}", path.display(), show(&k));
+            let Some(&i) = index.get(&k) else {
+                bail!("{}: not one of {}", what(), layout.source);
+            };
+            let pos = layout.keys[i].1;
+            ensure!(s.keeps(pos), "{}: position {pos} does not belong to shard {s}", what());
+            ensure!(slots[i].is_none(), "{}: appears twice", what());
+            slots[i] = Some(row);
+        }
+    }
+    slots
+        .into_iter()
+        .zip(&layout.keys)
+        .map(|(row, (k, pos))| {
+            row.ok_or_else(|| {
+                let owner = shards.iter().find(|(s, _)| s.keeps(*pos)).map(|(_, a)| a.dir.display().to_string());
+                anyhow!("shard artifact {} lacks {}", owner.unwrap_or_default(), show(k))
+            })
+        })
+        .collect()
+}
+
+/// How a `(prompt_id, sample_idx)` key reads in errors.
+pub fn show_sample((prompt_id, sample_idx): &(String, u32)) -> String {
+    format!("prompt {prompt_id} sample {sample_idx}")
+}
+
 #[cfg(test)]
 mod tests {
+    use cream_core::{ProduceOutput, ScoreRow, write_table};
+
     use super::*;
 
     #[test]
@@ -262,5 +326,63 @@ mod tests {
         assert_eq!(Shard::ALL.params(p.clone()).unwrap(), p);
         assert_eq!(Shard::new(1, 2).unwrap().params(p).unwrap(), json!({"batch_tokens": 4096, "shard": "1/2"}));
         assert!(Shard::new(0, 2).unwrap().params(json!(3)).is_err());
+    }
+
+    /// A shard artifact of a test stage holding `rows` as `scores.parquet`; `case` keeps the
+    /// artifacts of different test cases apart.
+    fn score_shard(ctx: &Ctx, case: &str, shard: Shard, rows: &[(&str, u32)]) -> Artifact {
+        let unsharded =
+            ArtifactSpec { stage: "score".into(), schema_version: 1, params: json!({"case": case}), inputs: vec![] };
+        let rows: Vec<ScoreRow> = rows
+            .iter()
+            .map(|&(p, k)| ScoreRow { prompt_id: p.into(), sample_idx: k, sum_logprob: -f64::from(k), n_scored: 1 })
+            .collect();
+        ctx.produce(shard.spec(&unsharded).unwrap(), |dir| {
+            let n = write_table(&dir.join("scores.parquet"), &rows)?;
+            Ok(ProduceOutput::default().with_rows("scores.parquet", n))
+        })
+        .unwrap()
+    }
+
+    /// Samples a0, a1 (prompt position 0), b0 (1), c0 (2): shard 0/2 owns a and c, 1/2 owns b.
+    fn layout() -> Layout<(String, u32)> {
+        let keys = [("a", 0, 0), ("a", 1, 0), ("b", 0, 1), ("c", 0, 2)];
+        Layout { keys: keys.iter().map(|&(p, k, pos)| ((p.to_string(), k), pos)).collect(), source: "the samples".into() }
+    }
+
+    fn merge(shards: &[(Shard, Artifact)], layout: &Layout<(String, u32)>) -> Result<Vec<ScoreRow>> {
+        merge_rows(shards, "scores.parquet", layout, |r: &ScoreRow| (r.prompt_id.clone(), r.sample_idx), show_sample)
+    }
+
+    #[test]
+    fn merge_rows_restores_the_unsharded_order_and_names_every_problem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = Ctx::new(tmp.path(), true).unwrap();
+        let (s0, s1) = (Shard::new(0, 2).unwrap(), Shard::new(1, 2).unwrap());
+        let case = |name: &str, rows0: &[(&str, u32)], rows1: &[(&str, u32)]| {
+            vec![(s0, score_shard(&ctx, name, s0, rows0)), (s1, score_shard(&ctx, name, s1, rows1))]
+        };
+        let err = |shards: &[(Shard, Artifact)]| format!("{:#}", merge(shards, &layout()).unwrap_err());
+
+        // Shard rows in any order come back in the layout's order.
+        let ok = case("ok", &[("c", 0), ("a", 1), ("a", 0)], &[("b", 0)]);
+        let keys: Vec<(String, u32)> =
+            merge(&ok, &layout()).unwrap().into_iter().map(|r| (r.prompt_id, r.sample_idx)).collect();
+        assert_eq!(keys, [("a".into(), 0), ("a".into(), 1), ("b".into(), 0), ("c".into(), 0)]);
+
+        let missing = case("missing", &[("a", 0), ("a", 1), ("c", 0)], &[]);
+        let e = err(&missing);
+        assert!(e.contains("lacks prompt b sample 0") && e.contains(&missing[1].1.dir.display().to_string()), "{e}");
+        let foreign = case("foreign", &[("a", 0), ("a", 1), ("c", 0)], &[("b", 0), ("a", 0)]);
+        let e = err(&foreign);
+        assert!(e.contains("prompt a sample 0: position 0 does not belong to shard 1/2"), "{e}");
+        let twice = case("twice", &[("a", 0), ("a", 1), ("a", 1), ("c", 0)], &[("b", 0)]);
+        assert!(err(&twice).contains("prompt a sample 1: appears twice"), "{}", err(&twice));
+        let unknown = case("unknown", &[("a", 0), ("a", 1), ("c", 0), ("z", 0)], &[("b", 0)]);
+        assert!(err(&unknown).contains("prompt z sample 0: not one of the samples"), "{}", err(&unknown));
+        let mut dup = layout();
+        dup.keys.push((("a".into(), 1), 0));
+        let e = format!("{:#}", merge(&ok, &dup).unwrap_err());
+        assert!(e.contains("the samples: prompt a sample 1 appears twice"), "{e}");
     }
 }

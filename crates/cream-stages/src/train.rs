@@ -6,7 +6,7 @@
 //! they are computed once and a rerun reuses them.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use cream_core::{Artifact, ArtifactSpec, MetricRow, PairRow, PromptRow, ProduceOutput, ScoreRow, read_table, write_table};
@@ -16,8 +16,7 @@ use serde_json::json;
 
 use crate::config::{Pipeline, TrainSection};
 use crate::ctx::{Ctx, params};
-
-pub const STAGE: &str = "train";
+use crate::names;
 
 /// Optimizer steps for `n` examples: ceil(n / global_batch) per epoch, capped by `max_steps`.
 pub fn total_steps(n: usize, t: &TrainSection) -> usize {
@@ -54,7 +53,7 @@ fn optimize(
     keys: &[String],
     t: &TrainSection,
     what: &str,
-    recovery: &Path,
+    dirs: &RunDirs,
     mut micro: impl FnMut(&[usize], f64, &mut GradAccumulator) -> Result<Micro>,
 ) -> Result<Vec<MetricRow>> {
     let total = total_steps(keys.len(), t);
@@ -67,13 +66,29 @@ fn optimize(
     let mut metrics = Vec::with_capacity(total);
     // The weights of the last step whose loss and gradients were finite (None: the input model).
     let mut last_good: Option<(usize, Vec<candle_core::Tensor>)> = None;
-    for step in 0..total {
+    let mut start = 0;
+    if let Some(r) = cream_lm::checkpoint::load_latest(&dirs.checkpoints, &lm.model, &mut opt)? {
+        ensure!(
+            r.step < total && r.extra["total_steps"].as_u64() == Some(total as u64),
+            "checkpoint {} was taken at step {} of {:?} steps, this run has {total}; delete it to start over",
+            r.dir.display(),
+            r.step,
+            r.extra["total_steps"]
+        );
+        metrics = read_table(&r.dir.join(names::file::METRICS))?;
+        ensure!(metrics.len() == r.step, "checkpoint {}: {} metric rows for step {}", r.dir.display(), metrics.len(), r.step);
+        ctx.log(format!("{what}: resuming after step {} of {total} from {}", r.step, r.dir.display()));
+        start = r.step;
+        last_good = Some((start - 1, weight_copy(lm)?));
+        pb.inc(start as u64);
+    }
+    for step in start..total {
         let idx = step_indices(keys, t, step);
         let (mut loss, mut margins, mut tokens) = (0.0, Vec::new(), 0usize);
         for chunk in idx.chunks(t.micro_batch) {
             let m = micro(chunk, chunk.len() as f64 / idx.len() as f64, &mut acc)?;
             if !m.loss.is_finite() {
-                return Err(diverged(lm, what, step, &format!("the loss became {}", m.loss), last_good, recovery));
+                return Err(diverged(lm, what, step, &format!("the loss became {}", m.loss), last_good, &dirs.recovery));
             }
             loss += m.loss;
             margins.extend(m.margins);
@@ -82,12 +97,11 @@ fn optimize(
         // take_clipped refuses a non-finite gradient norm ("training diverged").
         let (grads, grad_norm) = match acc.take_clipped(optim.max_grad_norm) {
             Ok(g) => g,
-            Err(e) => return Err(diverged(lm, what, step, &format!("{e:#}"), last_good, recovery)),
+            Err(e) => return Err(diverged(lm, what, step, &format!("{e:#}"), last_good, &dirs.recovery)),
         };
         if step + 1 < total {
             // Only needed if a later step diverges; a copy, since the update writes in place.
-            let weights = lm.model.named_vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
-            last_good = Some((step, weights));
+            last_good = Some((step, weight_copy(lm)?));
         }
         let lr = lr_at(&optim, step, total);
         opt.step(&grads, lr)?;
@@ -103,9 +117,44 @@ fn optimize(
             tokens: tokens as u64,
         });
         pb.inc(1);
+        let done = step + 1;
+        if t.checkpoint_every > 0 && done % t.checkpoint_every == 0 && done < total {
+            cream_lm::checkpoint::save(&dirs.checkpoints, done, &lm.model, &opt, &json!({"total_steps": total}), |d| {
+                write_table(&d.join(names::file::METRICS), &metrics).map(|_| ())
+            })?;
+        }
     }
     pb.finish_and_clear();
     Ok(metrics)
+}
+
+/// A copy of the model's weights (the update writes in place).
+fn weight_copy(lm: &LoadedModel) -> Result<Vec<candle_core::Tensor>> {
+    Ok(lm.model.named_vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?)
+}
+
+/// Where a training run keeps what outlives a failure: the last good weights of a diverged run
+/// ([`cream_core::Store::recovery_dir`]) and the checkpoints that let a killed run resume
+/// ([`cream_core::Store::checkpoint_dir`]; removed once the model is published).
+struct RunDirs {
+    recovery: PathBuf,
+    checkpoints: PathBuf,
+}
+
+impl RunDirs {
+    fn new(ctx: &Ctx, spec: &ArtifactSpec) -> Self {
+        RunDirs { recovery: ctx.store.recovery_dir(spec), checkpoints: ctx.store.checkpoint_dir(spec) }
+    }
+
+    /// Produce `spec` with `work`, then drop the checkpoints (the published model supersedes them).
+    fn produce(self, ctx: &Ctx, spec: ArtifactSpec, work: impl FnOnce(&Path, &RunDirs) -> Result<ProduceOutput>) -> Result<Artifact> {
+        let a = ctx.produce(spec, |dir| work(dir, &self))?;
+        if self.checkpoints.exists() {
+            std::fs::remove_dir_all(&self.checkpoints)
+                .with_context(|| format!("cannot remove the finished run's checkpoints {}", self.checkpoints.display()))?;
+        }
+        Ok(a)
+    }
 }
 
 /// The error of a training run that diverged at `step`. Nothing is published; the weights of the
@@ -145,10 +194,10 @@ fn diverged(
 
 fn publish(lm: &LoadedModel, metrics: &[MetricRow], dir: &Path) -> Result<ProduceOutput> {
     cream_lm::save_hf_dir(&lm.model, &lm.tokenizer, dir)?;
-    let n = write_table(&dir.join("metrics.parquet"), metrics)?;
+    let n = write_table(&dir.join(names::file::METRICS), metrics)?;
     let last = metrics.last().map(|m| m.loss).unwrap_or(f64::NAN);
     Ok(ProduceOutput { extra: json!({"steps": metrics.len(), "final_loss": last}), ..Default::default() }
-        .with_rows("metrics.parquet", n))
+        .with_rows(names::file::METRICS, n))
 }
 
 fn load_train_model(path: &Path) -> Result<LoadedModel> {
@@ -157,19 +206,18 @@ fn load_train_model(path: &Path) -> Result<LoadedModel> {
 
 /// SFT on the `prepare` artifact's sft.parquet: cross-entropy on response tokens only.
 pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artifact> {
-    let prompts = ctx.open(prompts, crate::prepare::STAGE)?;
+    let prompts = ctx.open(prompts, names::stage::PREPARE)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::TRAIN.into(),
         // 2: metrics.parquet v2 (no wall-clock column).
         schema_version: 2,
         params: json!({"mode": "sft", "train": params(&p.sft)?}),
         inputs: vec![prompts.as_input("data"), model_in],
     };
     let t = p.sft.clone();
-    let recovery = ctx.store.recovery_dir(&spec);
-    ctx.produce(spec, |dir| {
-        let rows: Vec<PromptRow> = read_table(&prompts.path("sft.parquet")?)?;
+    RunDirs::new(ctx, &spec).produce(ctx, spec, |dir, dirs| {
+        let rows: Vec<PromptRow> = read_table(&prompts.path(names::file::SFT)?)?;
         let lm = load_train_model(&model_path)?;
         let convs: Vec<Conversation> = rows
             .iter()
@@ -183,7 +231,7 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
                     conv.ids.len() <= context,
                     "{}: row {}: prompt + answer are {} tokens, more than the model's context window \
                      of {context}; shorten or drop that SFT example",
-                    prompts.dir.join("sft.parquet").display(),
+                    prompts.dir.join(names::file::SFT).display(),
                     r.prompt_id,
                     conv.ids.len()
                 );
@@ -191,7 +239,7 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
             })
             .collect::<Result<_>>()?;
         let keys: Vec<String> = rows.iter().map(|r| r.prompt_id.clone()).collect();
-        let metrics = optimize(ctx, &lm, &keys, &t, "sft", &recovery, |idx, weight, acc| {
+        let metrics = optimize(ctx, &lm, &keys, &t, "sft", dirs, |idx, weight, acc| {
             let batch_convs: Vec<&Conversation> = idx.iter().map(|&i| &convs[i]).collect();
             let batch = TokenBatch::new(&lm.model, &batch_convs)?;
             let loss = sft_loss(&lm.model, &batch)?;
@@ -208,30 +256,29 @@ pub fn sft(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
 
 /// DPO on a `pair` artifact, starting from (and referenced to) `model` = M_t.
 pub fn dpo(ctx: &Ctx, p: &Pipeline, pairs: &str, model: &Path) -> Result<Artifact> {
-    let pairs = ctx.open(pairs, "pair")?;
+    let pairs = ctx.open(pairs, names::stage::PAIR)?;
     let samples_ref = pairs
         .manifest
         .inputs
         .iter()
         .find(|i| i.name == "samples")
         .with_context(|| format!("pair artifact {} names no samples input", pairs.dir.display()))?;
-    let samples = ctx.open(&format!("{}/{}", samples_ref.stage, samples_ref.id), crate::generate::STAGE)?;
+    let samples = ctx.open(&format!("{}/{}", samples_ref.stage, samples_ref.id), names::stage::GENERATE)?;
     // Reference log-probs: S_{M_t} of every sample, the artifact the current-model judge made.
-    let reference = crate::judge::score(ctx, &samples, model, p.judge.batch_tokens)?;
+    let reference = crate::score::score(ctx, &samples, model, p.judge.batch_tokens)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = ArtifactSpec {
-        stage: STAGE.into(),
+        stage: names::stage::TRAIN.into(),
         // 2: metrics.parquet v2 (no wall-clock column).
         schema_version: 2,
         params: json!({"mode": "dpo", "train": params(&p.train)?}),
         inputs: vec![pairs.as_input("pairs"), reference.as_input("reference_scores"), model_in],
     };
     let t = p.train.clone();
-    let recovery = ctx.store.recovery_dir(&spec);
-    ctx.produce(spec, |dir| {
-        let rows: Vec<PairRow> = read_table(&pairs.path("pairs.parquet")?)?;
+    RunDirs::new(ctx, &spec).produce(ctx, spec, |dir, dirs| {
+        let rows: Vec<PairRow> = read_table(&pairs.path(names::file::PAIRS)?)?;
         ensure!(!rows.is_empty(), "{}: no preference pairs to train on", pairs.dir.display());
-        let ref_s: HashMap<(String, u32), f64> = read_table::<ScoreRow>(&reference.path("scores.parquet")?)?
+        let ref_s: HashMap<(String, u32), f64> = read_table::<ScoreRow>(&reference.path(names::file::SCORES)?)?
             .into_iter()
             .map(|s| ((s.prompt_id, s.sample_idx), s.sum_logprob))
             .collect();
@@ -253,7 +300,7 @@ pub fn dpo(ctx: &Ctx, p: &Pipeline, pairs: &str, model: &Path) -> Result<Artifac
             ref_r.push(lookup(&r.prompt_id, r.rejected_idx)?);
         }
         let keys: Vec<String> = rows.iter().map(|r| r.prompt_id.clone()).collect();
-        let metrics = optimize(ctx, &lm, &keys, &t, "dpo", &recovery, |idx, weight, acc| {
+        let metrics = optimize(ctx, &lm, &keys, &t, "dpo", dirs, |idx, weight, acc| {
             let pick = |v: &[Conversation]| idx.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
             let (cc, rc) = (pick(&chosen), pick(&rejected));
             let cb = TokenBatch::new(&lm.model, &cc.iter().collect::<Vec<_>>())?;

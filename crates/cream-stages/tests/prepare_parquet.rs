@@ -50,15 +50,16 @@ fn siqa_rows() -> Vec<(String, &'static str)> {
 
 fn data(train: PathBuf, test: PathBuf, socialiqa: PathBuf) -> DataSection {
     DataSection {
-        gsm8k_train: train,
-        gsm8k_test: test,
-        socialiqa,
+        gsm8k_train: Some(train),
+        gsm8k_test: Some(test),
+        socialiqa: Some(socialiqa),
         socialiqa_eval_fraction: 0.5,
         prompts_per_source: 0,
         sft_examples: 2,
         eval_per_task: 0,
         quartz: None,
         mc_per_task: None,
+        sources: Vec::new(),
     }
 }
 

@@ -24,7 +24,7 @@ fn publish(store: &Store, name: &str, iterations: usize, config: Option<&str>, c
         inputs.push(input(format!("mc{m}"), "eval"));
     }
     inputs.push(input("final_consistency".into(), "consistency"));
-    let spec = ArtifactSpec { stage: report::STAGE.into(), schema_version: 2, params: json!({"name": name}), inputs };
+    let spec = ArtifactSpec { stage: cream_stages::names::stage::REPORT.into(), schema_version: 2, params: json!({"name": name}), inputs };
     let extra = config.map_or(Value::Null, |c| json!({ report::CONFIG_KEY: c }));
     let a = store
         .produce(&spec, "test", "cpu", |dir| {

@@ -49,14 +49,14 @@ fn main() -> Result<()> {
             cli.mode != JudgeMode::LlmJudge,
             "--shard and --merge apply to the policy scoring of the dpo and likelihood modes, not to llm-judge"
         );
-        let samples = ctx.open(&cli.samples, cream_stages::generate::STAGE)?;
+        let samples = ctx.open(&cli.samples, cream_stages::names::stage::GENERATE)?;
         let batch_tokens = p.judge.batch_tokens;
         if !shard.is_all() {
             // Rewards need every sample's score: a shard stops at its score artifact.
-            emit(&cream_stages::judge::score_shard(&ctx, &samples, &cli.policy, batch_tokens, shard)?);
+            emit(&cream_stages::score::score_shard(&ctx, &samples, &cli.policy, batch_tokens, shard)?);
             return Ok(());
         }
-        cream_stages::judge::merge_scores(&ctx, &samples, &cli.policy, batch_tokens, &merge)?;
+        cream_stages::score::merge_scores(&ctx, &samples, &cli.policy, batch_tokens, &merge)?;
     }
     let a = cream_stages::judge::run(&ctx, &p, &cli.samples, cli.mode, &cli.policy, cli.reference.as_deref())?;
     emit(&a);

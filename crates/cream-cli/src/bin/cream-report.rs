@@ -105,7 +105,7 @@ fn main() -> Result<()> {
         }
     }
     // Version 2: charts, intervals, log-likelihood and final-consistency columns.
-    let spec = ArtifactSpec { stage: report::STAGE.into(), schema_version: 2, params: json!({"name": p.name}), inputs };
+    let spec = ArtifactSpec { stage: cream_stages::names::stage::REPORT.into(), schema_version: 2, params: json!({"name": p.name}), inputs };
     let config = cli.stage.config.given_or_default().display().to_string();
     let run_inputs = spec.inputs.clone();
     let a = ctx.produce(spec, |dir| {
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
         ctx.log(format!("report: charts {}", charts.join(", ")));
         // Not in the key: which config file asked for this report, for `--list`.
         let extra = json!({ report::CONFIG_KEY: config });
-        Ok(ProduceOutput { extra, ..Default::default() }.with_rows("report.parquet", df.height() as u64))
+        Ok(ProduceOutput { extra, ..Default::default() }.with_rows(cream_stages::names::file::REPORT, df.height() as u64))
     })?;
     println!("{}", cream_stages::report::render(&a)?);
     emit(&a);
