@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use cream_core::{Artifact, ChoiceRow, PromptRow, read_table};
 use cream_stages::config::{DataSection, DataSource, Pipeline, SourceFormat, SourceRole};
 use cream_stages::ctx::Ctx;
-use cream_stages::prepare::{self, EVAL_SUFFIX, MC_FILE};
+use cream_stages::names::file::MC as MC_FILE;
+use cream_stages::prepare::{self, EVAL_SUFFIX};
 use polars::prelude::{Column, DataFrame, ParquetWriter};
 use serde_json::{Value, json};
 
