@@ -32,8 +32,10 @@ test *args: check-deps setup setup-slurm
     if [[ " $* " == *" -- "* ]]; then cargo test --release --workspace "$@" --include-ignored; \
     else cargo test --release --workspace "$@" -- --include-ignored; fi
 
-# Fail on an unused dependency: cargo-machete (pinned, installed when missing) over every crate, and
-# every [workspace.dependencies] entry used by some member (scripts/check-deps.sh).
+# scripts/check-deps.sh: cargo-machete (pinned, installed when missing) over every crate, and every
+# [workspace.dependencies] entry must be used by some member. `just test` runs it first.
+
+# Fail on an unused dependency.
 check-deps:
     bash scripts/check-deps.sh
 
@@ -116,6 +118,12 @@ experiment out="results": setup
 
 # The per-iteration report of a pipeline run (reruns `iterate`, which is all cache hits).
 report pipeline="pipelines/smoke.toml": (iterate pipeline)
+
+# `cream-report --list`: date, pipeline name, iterations, models evaluated, config, report directory.
+
+# List the pipeline runs in the store (CREAM_ARTIFACTS), newest first.
+runs: build
+    {{ quote(bin) }}/cream-report --list
 
 # Remove temporary directories left by interrupted stages (finished artifacts are kept).
 gc: build

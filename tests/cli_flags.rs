@@ -59,3 +59,34 @@ fn the_default_config_is_announced() {
         assert!(!err.contains("note:"), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn report_list_shows_the_runs_of_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run("cream-report", &["--list"], tmp.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty() && stderr(&out).contains("no pipeline runs"), "{}", stderr(&out));
+
+    let store = cream_core::Store::open(tmp.path()).unwrap();
+    let spec = cream_core::ArtifactSpec {
+        stage: "report".into(),
+        schema_version: 2,
+        params: serde_json::json!({"name": "yesterday"}),
+        inputs: vec![],
+    };
+    let a = store
+        .produce(&spec, "test", "cpu", |dir| {
+            std::fs::write(dir.join("report.md"), "r")?;
+            Ok(cream_core::ProduceOutput { extra: serde_json::json!({"config": "pipelines/x.toml"}), ..Default::default() })
+        })
+        .unwrap()
+        .artifact;
+    let out = run("cream-report", &["--list"], tmp.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("note:"), "--list reads no config: {}", stderr(&out));
+    let row = text.lines().nth(1).unwrap_or_default();
+    for needle in ["yesterday", "pipelines/x.toml", &a.dir.display().to_string()] {
+        assert!(row.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}

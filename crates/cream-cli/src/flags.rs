@@ -14,18 +14,76 @@ use clap::Args;
 /// Output and threading flags.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Print nothing but results (no progress bars, no summaries on stderr).
-    #[arg(long, short = 'q', global = true)]
+    /// Print nothing but results, warnings and errors (no progress bars, no notes or summaries
+    /// on stderr).
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// More detail on stderr: -v debug, -vv trace messages of cream's crates. RUST_LOG, when
+    /// set, chooses instead (e.g. RUST_LOG=cream_stages=debug,candle_core=info).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// Worker threads for the CPU backend (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 }
 
 impl Common {
-    /// Apply the thread setting (see [`cream_lm::configure_threads`]); call once at start-up.
+    /// Start logging ([`Common::init_logging`]) and apply the thread setting (see
+    /// [`cream_lm::configure_threads`]); call once at start-up.
     pub fn init(&self) -> Result<()> {
+        self.init_logging();
         cream_lm::configure_threads(self.threads)
+    }
+
+    /// Print `tracing` events on stderr, one plain line each (no time, no target; warnings and
+    /// errors prefixed `warning: ` / `error: `), without tearing progress bars. Which events: by
+    /// RUST_LOG when it is set, else cream's info messages (debug with -v, trace with -vv;
+    /// warnings only with --quiet) and other crates' warnings.
+    pub fn init_logging(&self) {
+        use tracing_subscriber::EnvFilter;
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(s) if !s.trim().is_empty() => EnvFilter::new(s),
+            _ => EnvFilter::new(match (self.quiet, self.verbose) {
+                (true, _) => "warn",
+                (false, 0) => "warn,cream=info",
+                (false, 1) => "warn,cream=debug",
+                (false, _) => "warn,cream=trace",
+            }),
+        };
+        // A second call (tests, a binary that inits twice) keeps the first subscriber.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .event_format(PlainLines)
+            .with_writer(|| cream_stages::progress::LogWriter)
+            .try_init();
+    }
+}
+
+/// One line per event: the level as a `warning: ` / `error: ` / `debug: ` / `trace: ` prefix (none
+/// for info), then the message and fields.
+struct PlainLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prefix = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        w.write_str(prefix)?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
     }
 }
 
@@ -59,23 +117,23 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
-    /// The `--config` path, or [`DEFAULT_CONFIG`] with a note on stderr (unless `quiet`), so a
-    /// forgotten `--config` does not silently run the smoke settings.
-    pub fn path(&self, quiet: bool) -> PathBuf {
-        match &self.config {
-            Some(p) => p.clone(),
-            None => {
-                if !quiet {
-                    eprintln!("note: no --config given; using {DEFAULT_CONFIG}");
-                }
-                PathBuf::from(DEFAULT_CONFIG)
-            }
+    /// The `--config` path, or [`DEFAULT_CONFIG`] with a note on stderr (an info message: not
+    /// with --quiet), so a forgotten `--config` does not silently run the smoke settings.
+    pub fn path(&self) -> PathBuf {
+        if self.config.is_none() {
+            tracing::info!("note: no --config given; using {DEFAULT_CONFIG}");
         }
+        self.given_or_default()
+    }
+
+    /// The `--config` path, or [`DEFAULT_CONFIG`], silently.
+    pub fn given_or_default(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
     }
 
     /// Load and validate the config (see [`ConfigArg::path`]).
-    pub fn load(&self, quiet: bool) -> Result<cream_stages::config::Pipeline> {
-        cream_stages::config::Pipeline::load(&self.path(quiet))
+    pub fn load(&self) -> Result<cream_stages::config::Pipeline> {
+        cream_stages::config::Pipeline::load(&self.path())
     }
 }
 
@@ -112,7 +170,7 @@ impl Stage {
     /// Initialise threads, load the config and open the store.
     pub fn init(&self) -> Result<(cream_stages::config::Pipeline, cream_stages::ctx::Ctx)> {
         self.common.init()?;
-        let pipeline = self.config.load(self.common.quiet)?;
+        let pipeline = self.config.load()?;
         let mut ctx = cream_stages::ctx::Ctx::new(&self.store.artifacts, self.common.quiet)?;
         ctx.cached_only = self.cached_only;
         Ok((pipeline, ctx))

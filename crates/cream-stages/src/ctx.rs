@@ -27,10 +27,9 @@ impl Ctx {
         Ok(Ctx { store: Store::open(artifacts)?, quiet, cached_only: false })
     }
 
+    /// An info message on stderr (through `tracing`; hidden with --quiet).
     pub fn log(&self, msg: impl AsRef<str>) {
-        if !self.quiet {
-            eprintln!("{}", msg.as_ref());
-        }
+        tracing::info!("{}", msg.as_ref());
     }
 
     pub fn backend() -> String {

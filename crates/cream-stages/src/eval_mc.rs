@@ -197,14 +197,11 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path) -> Result<Artif
             })
             .collect::<Result<Vec<_>>>()?;
         let opts = ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() };
-        let pb = crate::progress::bar(convs.len(), "eval-mc", ctx.quiet);
-        let mut sums = Vec::with_capacity(convs.len());
         // Chunks of options, so the bar moves; `score` batches within a chunk by length.
-        for chunk in convs.chunks(256) {
-            sums.extend(cream_lm::score(&lm.model, chunk, opts)?.into_iter().map(|s| s.sum));
-            pb.inc(chunk.len() as u64);
-        }
-        pb.finish_and_clear();
+        let sums: Vec<f64> = crate::progress::score(&lm.model, &convs, opts, 256, "eval-mc", ctx.quiet)?
+            .into_iter()
+            .map(|s| s.sum)
+            .collect();
         let mut graded = Vec::with_capacity(items.len());
         let mut offset = 0;
         for item in &items {

@@ -36,6 +36,8 @@ use crate::ctx::Ctx;
 use crate::names;
 use crate::summary;
 
+/// The key in a report manifest's `extra` holding the `--config` of the run that produced it.
+pub const CONFIG_KEY: &str = "config";
 /// Tasks that always get an accuracy column in the wide view, so reports of different runs line up.
 pub const DEFAULT_TASKS: [&str; 2] = ["gsm8k", "socialiqa"];
 
@@ -367,4 +369,88 @@ fn cell(v: &AnyValue) -> String {
 /// columns polars shows is set by its `POLARS_FMT_*` environment variables.)
 pub fn render(report: &Artifact) -> Result<String> {
     Ok(format!("{}", read(report)?.frame()?))
+}
+
+/// One pipeline run in a store, as its `report` artifact records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// When the report was produced (RFC 3339 UTC).
+    pub created_at: String,
+    /// The pipeline's `name`.
+    pub name: String,
+    /// The `--config` of the run that produced the report (reports made before it was recorded
+    /// have none). The report's key does not depend on it: a later run of another config file
+    /// with the same name and artifacts finds this report.
+    pub config: Option<String>,
+    /// CREAM iterations (those whose consistency, pairs or trained model the report lists).
+    pub iterations: usize,
+    /// Models evaluated (M0, M1 = SFT, one per iteration).
+    pub models: usize,
+    /// The report artifact's directory.
+    pub dir: std::path::PathBuf,
+}
+
+/// The index `i` of a report input role `<prefix><i>` (e.g. `pairs2`).
+fn role_index(role: &str, prefix: &str) -> Option<usize> {
+    role.strip_prefix(prefix)?.parse().ok()
+}
+
+/// Every pipeline run in `store` (its `report` artifacts), newest first.
+pub fn list_runs(store: &cream_core::Store) -> Result<Vec<RunSummary>> {
+    let mut runs: Vec<(RunSummary, String)> = store
+        .list(names::stage::REPORT)?
+        .into_iter()
+        .map(|a| {
+            let m = &a.manifest;
+            let count = |prefixes: &[&str]| {
+                m.inputs
+                    .iter()
+                    .filter_map(|i| prefixes.iter().find_map(|p| role_index(&i.name, p)))
+                    .collect::<BTreeSet<_>>()
+                    .len()
+            };
+            let summary = RunSummary {
+                created_at: m.created_at.clone(),
+                name: m.params.get("name").and_then(Value::as_str).unwrap_or("?").to_string(),
+                config: m.extra.get(CONFIG_KEY).and_then(Value::as_str).map(str::to_string),
+                iterations: count(&["consistency", "pairs", "train"]),
+                models: count(&["eval", "mc"]),
+                dir: a.dir.clone(),
+            };
+            (summary, m.id.to_string())
+        })
+        .collect();
+    // RFC 3339 UTC strings sort as times; ties (same second) by id, for a stable order.
+    runs.sort_by(|(a, ia), (b, ib)| b.created_at.cmp(&a.created_at).then_with(|| ia.cmp(ib)));
+    Ok(runs.into_iter().map(|(s, _)| s).collect())
+}
+
+/// [`list_runs`] as an aligned text table, one run per line under a header.
+pub fn runs_table(runs: &[RunSummary]) -> String {
+    let rows: Vec<[String; 6]> = runs
+        .iter()
+        .map(|r| {
+            [
+                r.created_at.clone(),
+                r.name.clone(),
+                r.iterations.to_string(),
+                r.models.to_string(),
+                r.config.clone().unwrap_or_else(|| "-".into()),
+                r.dir.display().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["created (UTC)", "pipeline", "iterations", "models", "config", "report"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        writeln!(out, "{}", cells.join("  ").trim_end()).expect("writing to a String");
+    }
+    out
 }

@@ -58,8 +58,6 @@ fn main() -> Result<()> {
             o.tokens.iter().copied().filter(|t| !lm.tokenizer.stop_ids().contains(t)).collect();
         println!("user: {p}\nassistant: {}\n[finish: {}]", lm.tokenizer.decode(&text_ids)?, o.finish.as_str());
     }
-    if !cli.common.quiet {
-        eprintln!("{n_tokens} tokens in {secs:.2}s ({:.1} tokens/s)", n_tokens as f64 / secs);
-    }
+    tracing::info!("{n_tokens} tokens in {secs:.2}s ({:.1} tokens/s)", n_tokens as f64 / secs);
     Ok(())
 }

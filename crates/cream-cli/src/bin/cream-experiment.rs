@@ -108,9 +108,7 @@ fn main() -> Result<()> {
     }
     let readme = cli.out.join("README.md");
     write_atomic(&readme, &md)?;
-    if !cli.common.quiet {
-        eprintln!("{md}");
-    }
+    tracing::info!("{md}");
     println!("{}", readme.display());
     Ok(())
 }

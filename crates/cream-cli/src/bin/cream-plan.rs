@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Parser;
 use cream_algo::CMode;
-use cream_cli::flags::ConfigArg;
+use cream_cli::flags::{Common, ConfigArg};
 
 /// Print `name`, `iterations`, `base` (M0) and `consistency` (1 if the loop ranks with the
 /// previous model's consistency in the loss, 0 for a fixed C such as SRLM) and `mc` (1 if the
@@ -16,6 +16,8 @@ use cream_cli::flags::ConfigArg;
 struct Cli {
     #[command(flatten)]
     config: ConfigArg,
+    #[command(flatten)]
+    common: Common,
 }
 
 fn quote(s: &str) -> String {
@@ -24,7 +26,8 @@ fn quote(s: &str) -> String {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let p = cli.config.load(false)?;
+    cli.common.init_logging();
+    let p = cli.config.load()?;
     println!("name={}", quote(&p.name));
     println!("iterations={}", p.iterations);
     println!("base={}", quote(&p.model.base.to_string_lossy()));

@@ -12,8 +12,10 @@ use cream_cli::flags::{Stage, emit};
 use cream_core::ProduceOutput;
 use cream_stages::names;
 use cream_stages::report::{self, IterationRecord};
+use serde_json::json;
 
-/// Build the report from the artifacts of a run (the justfile's `iterate` passes them).
+/// Build the report from the artifacts of a run (the justfile's `iterate` passes them), or list
+/// the runs in the store (`--list`).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -22,6 +24,10 @@ struct Cli {
     /// iteration's samples ranked by M_T and M_{T-1}); repeat for every iteration and model.
     #[arg(long = "record")]
     records: Vec<String>,
+    /// List the pipeline runs in the store (their report artifacts), newest first: when, pipeline
+    /// name, iterations, models evaluated, the --config of the run and the report's directory.
+    #[arg(long, conflicts_with = "records")]
+    list: bool,
     #[command(flatten)]
     stage: Stage,
 }
@@ -44,6 +50,16 @@ fn main() -> Result<()> {
         std::env::set_var("POLARS_TABLE_WIDTH", "250");
     }
     let cli = Cli::parse();
+    if cli.list {
+        cli.stage.common.init()?;
+        let runs = report::list_runs(&cli.stage.store.open()?)?;
+        if runs.is_empty() {
+            tracing::warn!("no pipeline runs (report artifacts) in {}", cli.stage.store.artifacts.display());
+        } else {
+            print!("{}", report::runs_table(&runs));
+        }
+        return Ok(());
+    }
     let (p, ctx) = cli.stage.init()?;
     let mut rows: BTreeMap<usize, IterationRecord> = BTreeMap::new();
     let some = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
@@ -91,6 +107,7 @@ fn main() -> Result<()> {
         }
     }
     let spec = report::spec(&p.name, inputs);
+    let config = cli.stage.config.given_or_default().display().to_string();
     let run_inputs = spec.inputs.clone();
     let a = ctx.produce(spec, |dir| {
         let rep = report::build(&ctx, &p.name, &records)?;
@@ -99,7 +116,9 @@ fn main() -> Result<()> {
         let run = cream_stages::experiment::read_run(&ctx.store, &p.name, &run_inputs)?;
         let charts = cream_stages::experiment::draw(std::slice::from_ref(&run), dir)?;
         ctx.log(format!("report: charts {}", charts.join(", ")));
-        Ok(ProduceOutput::default()
+        // Not in the key: which config file asked for this report, for `--list`.
+        let extra = json!({ report::CONFIG_KEY: config });
+        Ok(ProduceOutput { extra, ..Default::default() }
             .with_rows(names::file::REPORT, rep.rows.len() as u64)
             .with_rows(names::file::REPORT_TASKS, rep.tasks.len() as u64))
     })?;

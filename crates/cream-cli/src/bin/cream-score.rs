@@ -84,10 +84,10 @@ fn main() -> Result<()> {
             conv.with_context(|| format!("{} line {n}", cli.input.display()))
         })
         .collect::<Result<_>>()?;
-    let pb = cream_stages::progress::bar(convs.len(), "scoring", cli.common.quiet);
     let opts = ScoreOptions { max_batch_tokens: cli.batch_tokens, ..Default::default() };
-    let scored = cream_lm::score(&lm.model, &convs, opts)?;
-    pb.finish_and_clear();
+    // In chunks, so the progress bar moves (one call over all lines would leave it at 0 until
+    // the end); the scores do not depend on the chunking.
+    let scored = cream_stages::progress::score(&lm.model, &convs, opts, 64, "scoring", cli.common.quiet)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     for (((_, l), c), s) in lines.iter().zip(&convs).zip(&scored) {
         let row = json!({
