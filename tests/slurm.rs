@@ -175,7 +175,7 @@ fn slurm_executor_matches_local_runs_reports_failures_and_resumes_training() {
     // 4. Same keys, same bytes: every artifact of the local run is in the Slurm store, identical
     // (the Slurm store also holds the shard artifacts the merges were made from).
     let (a, b) = (artifacts(&local), artifacts(&slurm));
-    assert!(a.len() > 20, "the local run produced {} artifacts", a.len());
+    assert!(a.len() >= 15, "the local run produced {} artifacts", a.len());
     let differ: Vec<String> = a
         .iter()
         .filter(|(key, files)| b.get(*key) != Some(*files))

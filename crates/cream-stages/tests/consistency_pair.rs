@@ -1,7 +1,6 @@
 //! The consistency, pair and report stages on synthetic judge/generate/train/eval artifacts in a
 //! temporary store (no model, no Python).
 
-use std::path::Path;
 
 use cream_algo::{CMode, Method};
 use cream_core::{
