@@ -42,6 +42,9 @@ pub struct Pipeline {
 /// for one stage. An unset key is not passed to sbatch, so the cluster's defaults and the
 /// standard `SBATCH_*` environment variables apply (a key set here wins over `SBATCH_*`, as any
 /// sbatch command-line option does).
+///
+/// The top-level keys repeat [`SlurmJob`]'s fields instead of flattening it: serde cannot
+/// combine `flatten` with `deny_unknown_fields`, and a misspelled key must be an error.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmSection {
