@@ -186,10 +186,14 @@ fn sum_sq(t: &Tensor) -> Result<f64> {
             (&*storage, layout.contiguous_offsets())
         {
             use rayon::prelude::*;
-            return Ok(data[a..b]
+            // Per-chunk partial sums in parallel, added in chunk order: rayon's own `sum` combines
+            // partials in a tree that depends on how the work was split (thread count, stealing),
+            // which changed the gradient norm (a training metric) in the last bits between runs.
+            let parts: Vec<f64> = data[a..b]
                 .par_chunks(1 << 14)
                 .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
-                .sum());
+                .collect();
+            return Ok(parts.iter().sum());
         }
     }
     Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?)
