@@ -14,7 +14,7 @@ work=bench/work
 mkdir -p "$work"
 threads=${THREADS:-$(nproc)}
 
-cargo build --release -p cream-bench --quiet
+cargo build --release --workspace --quiet
 RUSTFLAGS="-C target-cpu=native" cargo build --release -p cream-bench --target-dir "$native_dir" --quiet
 native=$native_dir/release/cream-bench
 [ -f "$work/inputs.json" ] || "$portable" inputs --model "$model" --out "$work/inputs.json"
