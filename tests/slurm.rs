@@ -261,6 +261,10 @@ fn slurm_executor_matches_local_runs_reports_failures_and_resumes_training() {
     wait_for("the requeued job to be pending", Duration::from_secs(60), || {
         cluster.queue().into_iter().find(|(id, _, state)| *id == job.0 && state == "PENDING")
     });
+    // Not within the second of the requeue: slurmd refuses a job whose credential is no newer
+    // than the revocation of the killed run's ("Killing non-startable batch JobId=..: Job
+    // credential revoked"; one-second resolution), which is why Slurm itself delays the restart.
+    std::thread::sleep(Duration::from_secs(2));
     cluster.output("scontrol", &["update", &format!("JobId={}", job.0), "StartTime=now"]);
     let (out, log) = finish(child, "requeued training", true);
     let resumed = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
