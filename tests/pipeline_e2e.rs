@@ -28,6 +28,8 @@ fn bin_dir() -> PathBuf {
 struct Run {
     roles: BTreeMap<String, String>,
     log: String,
+    /// What the loop printed (the report, its cost table, the report's path).
+    stdout: String,
 }
 
 impl Run {
@@ -55,7 +57,7 @@ fn iterate(artifacts: &Path, cfg: &Path) -> Run {
     let store = Store::open(artifacts).unwrap();
     let a = store.open_artifact(&report, Some("report")).unwrap();
     let roles = a.manifest.inputs.iter().map(|i| (i.name.clone(), format!("{}/{}", i.stage, i.id))).collect();
-    Run { roles, log }
+    Run { roles, log, stdout }
 }
 
 /// The input of `a` named `role`, opened.
@@ -172,6 +174,27 @@ fn check_task_mix(store: &Store, run: &Run, iterations: usize) {
     }
 }
 
+/// The report's cost table lists every stage the run depends on, and its total counts each
+/// artifact once and adds up their recorded wall times.
+fn check_costs(store: &Store, run: &Run, all: &[&str]) {
+    let artifacts = closure(store, all);
+    let header = "| stage | artifacts | wall s | % of wall | CPU s | CPU/wall | peak RSS MB |";
+    let table: Vec<&str> = run.stdout.lines().skip_while(|l| *l != header).take_while(|l| l.starts_with('|')).collect();
+    assert!(table.len() > 3, "the loop prints the cost table:\n{}", run.stdout);
+    let cells = |l: &str| -> Vec<String> { l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect() };
+    for label in ["generate", "judge (dpo)", "judge (likelihood)", "train (sft)", "train (dpo)", "eval (generate)", "eval (loglik)", "prepare"] {
+        assert!(table.iter().any(|l| cells(l)[0] == label), "no cost row for {label}:\n{}", table.join("\n"));
+    }
+    let total = cells(table.last().unwrap());
+    assert_eq!(total[0], "**total**");
+    assert_eq!(total[1], artifacts.len().to_string(), "every artifact of the run counted once");
+    let wall: f64 = artifacts.iter().map(|a| a.manifest.wall_time_s).sum();
+    let printed: f64 = total[2].parse().unwrap();
+    assert!((printed - wall).abs() <= 0.05 + 1e-9, "total wall {printed} vs the manifests' {wall}");
+    let rows: usize = table[2..table.len() - 1].iter().map(|l| cells(l)[1].parse::<usize>().unwrap()).sum();
+    assert_eq!(rows, artifacts.len(), "the stage rows add up to the total");
+}
+
 #[test]
 #[ignore = "needs `just setup`: the default model in data/models and the data sets in data/"]
 fn smoke_pipelines_run_cache_and_rerun_downstream_only() {
@@ -185,6 +208,22 @@ fn smoke_pipelines_run_cache_and_rerun_downstream_only() {
     check_artifacts(&closure(&store, &all));
     check_wiring(&store, &first, 2);
     check_task_mix(&store, &first, 2);
+    check_costs(&store, &first, &all);
+    // The same report and costs, printed again by hand from the report's path; and rebuilt from
+    // the earlier report's inputs (no --record): the same inputs, the same report.
+    let report = first.stdout.lines().last().unwrap();
+    let by_hand = |flag: &str| -> String {
+        let out = Command::new(bin_dir().join("cream-report"))
+            .args(["--quiet", flag, report])
+            .env("CREAM_ARTIFACTS", &artifacts)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cream-report {flag}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(by_hand("--show"), first.stdout, "--show prints what the run printed");
+    assert_eq!(by_hand("--from").lines().last(), Some(report), "--from finds the same report");
     // A fresh store: nothing is a cache hit except the sub-artifacts a run reuses by design (the
     // M0 scores double as likelihood rewards, the M_t scores as DPO reference log-probs).
     let hits: Vec<&str> =

@@ -21,6 +21,7 @@ use cream_core::{Artifact, EvalRow, McEvalRow, MetricRow, RewardRow, Store, read
 use cream_plot::{Chart, Point, Series};
 
 use crate::names;
+use crate::report::role as roles;
 
 /// Bootstrap resamples for intervals and paired differences.
 pub const REPS: usize = 4000;
@@ -129,8 +130,8 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
     };
     let mut models = Vec::new();
     for index in 0.. {
-        let (generative, mc) = (role(&format!("eval{index}")).transpose()?, role(&format!("mc{index}")).transpose()?);
-        let train = role(&format!("train{index}")).transpose()?;
+        let (generative, mc) = (role(&roles::indexed(roles::EVAL, index)).transpose()?, role(&roles::indexed(roles::MC, index)).transpose()?);
+        let train = role(&roles::indexed(roles::TRAIN, index)).transpose()?;
         if generative.is_none() && mc.is_none() && train.is_none() {
             break;
         }
@@ -162,7 +163,7 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
         models.push(ModelRun { index, key, outcomes, cut_off });
     }
     // M1 (SFT) is the model input of the first DPO training; M0 that of SFT.
-    if let Some(t2) = role("train2").transpose()? {
+    if let Some(t2) = role(&roles::indexed(roles::TRAIN, 2)).transpose()? {
         let sft = open_input(store, &t2, "model")?;
         if let Some(m1) = models.get_mut(1) {
             m1.key = id_of(&sft);
@@ -173,12 +174,12 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
     }
     let mut iterations = Vec::new();
     for t in 1.. {
-        let Some(train) = role(&format!("train{}", t + 1)).transpose()? else { break };
-        let consistency = match role(&format!("consistency{}", t + 1)).transpose()? {
+        let Some(train) = role(&roles::indexed(roles::TRAIN, t + 1)).transpose()? else { break };
+        let consistency = match role(&roles::indexed(roles::CONSISTENCY, t + 1)).transpose()? {
             Some(c) => consistency_stats(store, &c)?,
             None => ConsistencyStats::default(),
         };
-        let (pairs, pair_c) = match role(&format!("pairs{}", t + 1)).transpose()? {
+        let (pairs, pair_c) = match role(&roles::indexed(roles::PAIRS, t + 1)).transpose()? {
             Some(p) => (
                 p.manifest.files.get(names::file::PAIRS).and_then(|f| f.rows).unwrap_or(0),
                 p.manifest.extra.get("c_mean").and_then(|v| v.as_f64()),
@@ -188,7 +189,7 @@ pub fn read_run(store: &Store, name: &str, inputs: &[cream_core::InputRef]) -> R
         let metrics: Vec<MetricRow> = read_table(&train.path(names::file::METRICS)?)?;
         iterations.push(IterationRun { t, consistency, pairs, pair_c, metrics });
     }
-    let final_consistency = role("final_consistency").transpose()?.map(|c| consistency_stats(store, &c)).transpose()?;
+    let final_consistency = role(roles::FINAL_CONSISTENCY).transpose()?.map(|c| consistency_stats(store, &c)).transpose()?;
     let costs = stage_costs(store, inputs)?;
     Ok(ArmRun { name: name.to_string(), models, iterations, final_consistency, costs })
 }
@@ -230,7 +231,7 @@ pub fn consistency_stats(store: &Store, c: &Artifact) -> Result<ConsistencyStats
 }
 
 /// Every artifact the report depends on (transitively), with its cost, in a stable order.
-fn stage_costs(store: &Store, inputs: &[cream_core::InputRef]) -> Result<Vec<StageCost>> {
+pub fn stage_costs(store: &Store, inputs: &[cream_core::InputRef]) -> Result<Vec<StageCost>> {
     let mut seen = HashSet::new();
     let mut todo: Vec<String> =
         inputs.iter().filter(|i| i.stage != names::stage::SOURCE).map(|i| format!("{}/{}", i.stage, i.id)).collect();
@@ -477,11 +478,12 @@ pub fn training_table(arms: &[ArmRun]) -> String {
 }
 
 /// Wall and CPU time and peak memory per stage kind, over the distinct artifacts of all arms
-/// (shared work counted once).
-pub fn cost_table(arms: &[ArmRun]) -> String {
+/// (shared work counted once), as a markdown table with a total row. The times are those the
+/// artifacts' manifests recorded when they were produced (a cached artifact keeps its first cost).
+pub fn cost_table<'a>(costs: impl IntoIterator<Item = &'a StageCost>) -> String {
     let mut by: BTreeMap<&str, (usize, f64, f64, f64)> = BTreeMap::new();
     let mut seen = HashSet::new();
-    for c in arms.iter().flat_map(|a| &a.costs) {
+    for c in costs {
         if !seen.insert(&c.key) {
             continue;
         }
@@ -491,16 +493,16 @@ pub fn cost_table(arms: &[ArmRun]) -> String {
         e.2 += c.cpu_s.unwrap_or(f64::NAN);
         e.3 = e.3.max(c.peak_rss_mb.unwrap_or(0.0));
     }
+    let wall: f64 = by.values().map(|e| e.1).sum();
+    let cpu: f64 = by.values().map(|e| e.2).sum();
     let mut s = String::new();
-    let _ = writeln!(s, "| stage | artifacts | wall s | CPU s | CPU/wall | peak RSS MB |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    let (mut wall, mut cpu) = (0.0, 0.0);
+    let _ = writeln!(s, "| stage | artifacts | wall s | % of wall | CPU s | CPU/wall | peak RSS MB |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for (label, (n, w, c, m)) in &by {
-        let _ = writeln!(s, "| {label} | {n} | {w:.0} | {c:.0} | {:.2} | {m:.0} |", c / w.max(1e-9));
-        wall += w;
-        cpu += c;
+        let share = 100.0 * w / wall.max(1e-9);
+        let _ = writeln!(s, "| {label} | {n} | {w:.1} | {share:.0} | {c:.1} | {:.2} | {m:.0} |", c / w.max(1e-9));
     }
-    let _ = writeln!(s, "| **total** | {} | {wall:.0} | {cpu:.0} | {:.2} | |", seen.len(), cpu / wall.max(1e-9));
+    let _ = writeln!(s, "| **total** | {} | {wall:.1} | 100 | {cpu:.1} | {:.2} | |", seen.len(), cpu / wall.max(1e-9));
     s
 }
 

@@ -72,6 +72,80 @@ pub struct IterationRecord {
     pub final_consistency: Option<String>,
 }
 
+/// The input roles of a report artifact (one place: `cream-report` names them, `--list`,
+/// `--from` and the experiment read them). Per-model roles carry the model's index `i`: `train2`
+/// is M2, `consistency2` and `pairs2` belong to the iteration that trained it, `eval2` and `mc2`
+/// evaluate it. The final models' consistency is one role without an index.
+pub mod role {
+    pub const CONSISTENCY: &str = "consistency";
+    pub const PAIRS: &str = "pairs";
+    pub const TRAIN: &str = "train";
+    pub const EVAL: &str = "eval";
+    pub const MC: &str = "mc";
+    pub const FINAL_CONSISTENCY: &str = "final_consistency";
+    /// The indexed roles of the iteration that trained a model.
+    pub const ITERATION: [&str; 3] = [CONSISTENCY, PAIRS, TRAIN];
+    /// The indexed roles of a model's evaluations.
+    pub const MODEL: [&str; 2] = [EVAL, MC];
+
+    /// The role `prefix` of model `i`, e.g. `indexed(TRAIN, 2)` = `train2`.
+    pub fn indexed(prefix: &str, i: usize) -> String {
+        format!("{prefix}{i}")
+    }
+}
+
+impl IterationRecord {
+    /// Its artifacts by report input role (see [`role`]), in a fixed order.
+    pub fn roles(&self) -> Vec<(String, &str)> {
+        let i = self.iteration;
+        [
+            (role::CONSISTENCY, &self.consistency),
+            (role::PAIRS, &self.pairs),
+            (role::TRAIN, &self.train),
+            (role::EVAL, &self.eval),
+            (role::MC, &self.mc),
+        ]
+        .into_iter()
+        .filter_map(|(r, p)| p.as_deref().map(|p| (role::indexed(r, i), p)))
+        .chain(self.final_consistency.as_deref().map(|p| (role::FINAL_CONSISTENCY.to_string(), p)))
+        .collect()
+    }
+}
+
+/// The records of a report from its inputs, the inverse of [`IterationRecord::roles`]: one record
+/// per model index (ascending), artifacts as `<stage>/<id>`, the final models' consistency on the
+/// last record. Lets a report be rebuilt from an earlier one (`cream-report --from`).
+pub fn records_from_inputs(inputs: &[InputRef]) -> Result<Vec<IterationRecord>> {
+    let mut rows: std::collections::BTreeMap<usize, IterationRecord> = std::collections::BTreeMap::new();
+    let mut final_consistency = None;
+    for input in inputs {
+        let key = format!("{}/{}", input.stage, input.id);
+        if input.name == role::FINAL_CONSISTENCY {
+            final_consistency = Some(key);
+            continue;
+        }
+        let found = role::ITERATION.iter().chain(&role::MODEL).find_map(|r| Some((*r, role_index(&input.name, r)?)));
+        let Some((r, i)) = found else {
+            anyhow::bail!("report input {:?} ({key}) is not a report role (expected <role><model index>)", input.name)
+        };
+        let rec = rows.entry(i).or_insert_with(|| IterationRecord { iteration: i, ..Default::default() });
+        let slot = match r {
+            role::CONSISTENCY => &mut rec.consistency,
+            role::PAIRS => &mut rec.pairs,
+            role::TRAIN => &mut rec.train,
+            role::EVAL => &mut rec.eval,
+            _ => &mut rec.mc,
+        };
+        ensure!(slot.is_none(), "report input {:?} appears twice", input.name);
+        *slot = Some(key);
+    }
+    ensure!(!rows.is_empty(), "the report has no per-model inputs");
+    if let Some(last) = rows.values_mut().next_back() {
+        last.final_consistency = final_consistency;
+    }
+    Ok(rows.into_values().collect())
+}
+
 /// A run's report: the two tables of the report artifact.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
@@ -413,8 +487,8 @@ pub fn list_runs(store: &cream_core::Store) -> Result<Vec<RunSummary>> {
                 created_at: m.created_at.clone(),
                 name: m.params.get("name").and_then(Value::as_str).unwrap_or("?").to_string(),
                 config: m.extra.get(CONFIG_KEY).and_then(Value::as_str).map(str::to_string),
-                iterations: count(&["consistency", "pairs", "train"]),
-                models: count(&["eval", "mc"]),
+                iterations: count(&role::ITERATION),
+                models: count(&role::MODEL),
                 dir: a.dir.clone(),
             };
             (summary, m.id.to_string())
@@ -453,4 +527,64 @@ pub fn runs_table(runs: &[RunSummary]) -> String {
         writeln!(out, "{}", cells.join("  ").trim_end()).expect("writing to a String");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: usize, parts: &[(&str, &str)]) -> IterationRecord {
+        let mut r = IterationRecord { iteration: i, ..Default::default() };
+        for (role, key) in parts {
+            let slot = match *role {
+                role::CONSISTENCY => &mut r.consistency,
+                role::PAIRS => &mut r.pairs,
+                role::TRAIN => &mut r.train,
+                role::EVAL => &mut r.eval,
+                role::MC => &mut r.mc,
+                _ => &mut r.final_consistency,
+            };
+            *slot = Some(key.to_string());
+        }
+        r
+    }
+
+    fn inputs_of(records: &[IterationRecord]) -> Vec<InputRef> {
+        records
+            .iter()
+            .flat_map(|r| r.roles())
+            .map(|(name, key)| {
+                let (stage, id) = key.split_once('/').unwrap();
+                InputRef { name, stage: stage.into(), id: id.into() }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn report_roles_round_trip_through_the_inputs() {
+        let records = vec![
+            rec(0, &[(role::EVAL, "eval/e0"), (role::MC, "eval/m0")]),
+            rec(1, &[(role::EVAL, "eval/e1")]),
+            rec(2, &[(role::CONSISTENCY, "consistency/c2"), (role::PAIRS, "pair/p2"), (role::TRAIN, "train/t2"), (role::MC, "eval/m2")]),
+            rec(3, &[(role::TRAIN, "train/t3"), (role::EVAL, "eval/e3"), (role::FINAL_CONSISTENCY, "consistency/f")]),
+        ];
+        let inputs = inputs_of(&records);
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["eval0", "mc0", "eval1", "consistency2", "pairs2", "train2", "mc2", "train3", "eval3", "final_consistency"]
+        );
+        assert_eq!(records_from_inputs(&inputs).unwrap(), records);
+    }
+
+    #[test]
+    fn unknown_or_repeated_report_roles_are_refused() {
+        let mut inputs = inputs_of(&[rec(2, &[(role::TRAIN, "train/t2")])]);
+        inputs.push(InputRef { name: "samples2".into(), stage: "generate".into(), id: "g".into() });
+        let e = records_from_inputs(&inputs).unwrap_err().to_string();
+        assert!(e.contains("\"samples2\"") && e.contains("generate/g"), "{e}");
+        let twice = inputs_of(&[rec(2, &[(role::TRAIN, "train/a")]), rec(2, &[(role::TRAIN, "train/b")])]);
+        assert!(records_from_inputs(&twice).unwrap_err().to_string().contains("twice"));
+        assert!(records_from_inputs(&[]).is_err(), "no per-model inputs");
+    }
 }

@@ -94,7 +94,7 @@ fn main() -> Result<()> {
         writeln!(md, "![{c}]({c})\n")?;
     }
     writeln!(md, "## Cost per stage (distinct artifacts; shared work counted once)\n")?;
-    md.push_str(&experiment::cost_table(&arms));
+    md.push_str(&experiment::cost_table(arms.iter().flat_map(|a| &a.costs)));
     writeln!(md, "\n## Artifact keys of the models\n")?;
     md.push_str(&experiment::keys_table(&arms));
     writeln!(md, "\n## Configs\n")?;

@@ -14,8 +14,8 @@ use cream_stages::names;
 use cream_stages::report::{self, IterationRecord};
 use serde_json::json;
 
-/// Build the report from the artifacts of a run (the justfile's `iterate` passes them), or list
-/// the runs in the store (`--list`).
+/// Build the report from the artifacts of a run (the justfile's `iterate` passes them), list the
+/// runs in the store (`--list`), or print one of them again (`--show`).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -28,6 +28,15 @@ struct Cli {
     /// name, iterations, models evaluated, the --config of the run and the report's directory.
     #[arg(long, conflicts_with = "records")]
     list: bool,
+    /// Build the report again from the artifacts an earlier report lists (a path or
+    /// `report/<id>`), e.g. after an update of cream changed the report's layout: no --record, no
+    /// rerun of the loop. Same inputs and layout give the same report (a cache hit).
+    #[arg(long, value_name = "REPORT", conflicts_with_all = ["records", "list"])]
+    from: Option<String>,
+    /// Print an existing report (a path or `report/<id>`, as `--list` shows them) and where its
+    /// run's time went, without building anything.
+    #[arg(long, value_name = "REPORT", conflicts_with_all = ["records", "list", "from"])]
+    show: Option<String>,
     #[command(flatten)]
     stage: Stage,
 }
@@ -41,30 +50,12 @@ fn parse(s: &str) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn main() -> Result<()> {
-    // Show every column and row of the report table (polars reads these when printing).
-    // SAFETY: set before any other thread exists.
-    unsafe {
-        std::env::set_var("POLARS_FMT_MAX_COLS", "-1");
-        std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
-        std::env::set_var("POLARS_TABLE_WIDTH", "250");
-    }
-    let cli = Cli::parse();
-    if cli.list {
-        cli.stage.common.init()?;
-        let runs = report::list_runs(&cli.stage.store.open()?)?;
-        if runs.is_empty() {
-            tracing::warn!("no pipeline runs (report artifacts) in {}", cli.stage.store.artifacts.display());
-        } else {
-            print!("{}", report::runs_table(&runs));
-        }
-        return Ok(());
-    }
-    let (p, ctx) = cli.stage.init()?;
+/// The `--record` arguments as one record per model index (ascending).
+fn records_of(args: &[String]) -> Result<Vec<IterationRecord>> {
     let mut rows: BTreeMap<usize, IterationRecord> = BTreeMap::new();
     let some = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
     let mut final_consistency = None;
-    for r in &cli.records {
+    for r in args {
         let kv = parse(r)?;
         if let Some(f) = kv.get("final_consistency") {
             final_consistency = some(Some(f));
@@ -88,32 +79,67 @@ fn main() -> Result<()> {
     if let Some(last) = rows.values_mut().next_back() {
         last.final_consistency = final_consistency;
     }
-    let records: Vec<IterationRecord> = rows.into_values().collect();
+    Ok(rows.into_values().collect())
+}
+
+fn main() -> Result<()> {
+    // Show every column and row of the report table (polars reads these when printing).
+    // SAFETY: set before any other thread exists.
+    unsafe {
+        std::env::set_var("POLARS_FMT_MAX_COLS", "-1");
+        std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
+        std::env::set_var("POLARS_TABLE_WIDTH", "250");
+    }
+    let cli = Cli::parse();
+    if cli.list {
+        cli.stage.common.init()?;
+        let runs = report::list_runs(&cli.stage.store.open()?)?;
+        if runs.is_empty() {
+            tracing::warn!("no pipeline runs (report artifacts) in {}", cli.stage.store.artifacts.display());
+        } else {
+            print!("{}", report::runs_table(&runs));
+        }
+        return Ok(());
+    }
+    if let Some(report) = &cli.show {
+        cli.stage.common.init()?;
+        let store = cli.stage.store.open()?;
+        let a = store.open_artifact(report, Some(names::stage::REPORT))?;
+        print_report(&store, &a)?;
+        emit(&a);
+        return Ok(());
+    }
+    let (name, config, records, ctx) = match &cli.from {
+        Some(from) => {
+            cli.stage.common.init()?;
+            let mut ctx = cream_stages::ctx::Ctx::new(&cli.stage.store.artifacts, cli.stage.common.quiet)?;
+            ctx.cached_only = cli.stage.cached_only;
+            let old = ctx.store.open_artifact(from, Some(names::stage::REPORT))?;
+            let m = &old.manifest;
+            let name = m.params.get("name").and_then(|v| v.as_str()).context("the report's params lack its pipeline name")?;
+            let config = m.extra.get(report::CONFIG_KEY).and_then(|v| v.as_str()).map(str::to_string);
+            let records = report::records_from_inputs(&m.inputs).with_context(|| format!("report {}", old.dir.display()))?;
+            (name.to_string(), config, records, ctx)
+        }
+        None => {
+            let (p, ctx) = cli.stage.init()?;
+            let config = cli.stage.config.given_or_default().display().to_string();
+            (p.name, Some(config), records_of(&cli.records)?, ctx)
+        }
+    };
     let mut inputs = Vec::new();
     for r in &records {
-        for (role, path) in [
-            ("consistency", &r.consistency),
-            ("pairs", &r.pairs),
-            ("train", &r.train),
-            ("eval", &r.eval),
-            ("mc", &r.mc),
-            ("final_consistency", &r.final_consistency),
-        ] {
-            if let Some(path) = path {
-                // Per-model roles carry the model index; the final models' consistency is one role.
-                let name = if role == "final_consistency" { role.to_string() } else { format!("{role}{}", r.iteration) };
-                inputs.push(ctx.store.open_artifact(path, None)?.as_input(&name));
-            }
+        for (role, path) in r.roles() {
+            inputs.push(ctx.store.open_artifact(path, None)?.as_input(&role));
         }
     }
-    let spec = report::spec(&p.name, inputs);
-    let config = cli.stage.config.given_or_default().display().to_string();
+    let spec = report::spec(&name, inputs);
     let run_inputs = spec.inputs.clone();
     let a = ctx.produce(spec, |dir| {
-        let rep = report::build(&ctx, &p.name, &records)?;
+        let rep = report::build(&ctx, &name, &records)?;
         report::write(&rep, dir)?;
         // Charts: accuracy per model with 95% intervals, consistency per iteration, training curves.
-        let run = cream_stages::experiment::read_run(&ctx.store, &p.name, &run_inputs)?;
+        let run = cream_stages::experiment::read_run(&ctx.store, &name, &run_inputs)?;
         let charts = cream_stages::experiment::draw(std::slice::from_ref(&run), dir)?;
         ctx.log(format!("report: charts {}", charts.join(", ")));
         // Not in the key: which config file asked for this report, for `--list`.
@@ -122,7 +148,19 @@ fn main() -> Result<()> {
             .with_rows(names::file::REPORT, rep.rows.len() as u64)
             .with_rows(names::file::REPORT_TASKS, rep.tasks.len() as u64))
     })?;
-    println!("{}", report::render(&a)?);
+    print_report(&ctx.store, &a)?;
     emit(&a);
+    Ok(())
+}
+
+/// The report's table, then where its run's time went, per stage, from the manifests of every
+/// artifact the report depends on. The costs are printed, not stored: a report's bytes depend
+/// only on its inputs' keys and contents, never on how long they took (a Slurm run and a local
+/// run give the same report).
+fn print_report(store: &cream_core::Store, a: &cream_core::Artifact) -> Result<()> {
+    println!("{}", report::render(a)?);
+    let costs = cream_stages::experiment::stage_costs(store, &a.manifest.inputs)?;
+    println!("Where the time went (as recorded when each artifact was produced):\n");
+    println!("{}", cream_stages::experiment::cost_table(&costs));
     Ok(())
 }
