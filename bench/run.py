@@ -325,7 +325,7 @@ def machine_info(args):
         m = re.search(r'name = "candle-core"\nversion = "([^"]+)"', open(lock).read())
         candle = m and m.group(1)
     info["candle"] = candle or "?"
-    info["python_stack"] = sh([args.python, "-c", "import sys, torch, transformers; print('python %s, torch %s, transformers %s' % (sys.version.split()[0], torch.__version__, transformers.__version__))"])
+    info["python_stack"] = "" if not os.path.exists(args.python) else sh([args.python, "-c", "import sys, torch, transformers; print('python %s, torch %s, transformers %s' % (sys.version.split()[0], torch.__version__, transformers.__version__))"])
     info["commit"] = args.commit or sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) or "?"
     if sh(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]):
         info["commit"] += " (+ uncommitted changes)"
@@ -454,7 +454,15 @@ def main(argv=None):
                     help="the model for llama.cpp (convert_hf_to_gguf.py of --hf)")
     ap.add_argument("--llamacpp-kv", default="f32", help="llama.cpp's KV cache type (-ctk/-ctv)")
     ap.add_argument("--no-llamacpp", action="store_true", help="no llama.cpp column")
+    ap.add_argument("--impls", default=",".join(IMPLS),
+                    help="comma list of the implementations to run (default: all; e.g. cream,llamacpp)")
     args = ap.parse_args(argv)
+    impls_wanted = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = [i for i in impls_wanted if i not in IMPLS]
+    if unknown:
+        ap.error("--impls: unknown %s (known: %s)" % (", ".join(unknown), ", ".join(IMPLS)))
+    if "llamacpp" not in impls_wanted:
+        args.no_llamacpp = True
     if args.out is None:
         args.out = os.path.join(HERE, "work", "results-quick.md") if args.quick else os.path.join(HERE, "results.md")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -513,7 +521,7 @@ def main(argv=None):
     batched_bench = os.path.join(args.llamacpp, "llama-batched-bench")
     llamacpp_note = None
     if args.no_llamacpp:
-        llamacpp_note = "not run (--no-llamacpp)"
+        llamacpp_note = "not run (--no-llamacpp or --impls)"
     elif args.random_shape:
         llamacpp_note = "not run (random models have no GGUF)"
     elif args.device != "cpu":
@@ -530,8 +538,9 @@ def main(argv=None):
         if args.random_shape:
             shape_arg = ["--random-shape", args.random_shape]
         out = run_proc([args.cream, "probe"] + shape_arg + threads, env, args.timeout, log)
-        mkn = "2048,%d,%d" % (shape.h, shape.i)
-        out += run_proc(baseline + ["probe", "--shape", mkn] + threads + dev, env, args.timeout, log)
+        if "pytorch" in impls_wanted:
+            mkn = "2048,%d,%d" % (shape.h, shape.i)
+            out += run_proc(baseline + ["probe", "--shape", mkn] + threads + dev, env, args.timeout, log)
         return out
 
     probe_recs = probes()
@@ -539,7 +548,7 @@ def main(argv=None):
     for (w, b) in workloads:
         reps = args.reps_big if (w == "gen" and b >= 64) else args.reps
         for rep in range(reps):
-            impls = ["cream", "pytorch"]
+            impls = [i for i in ("cream", "pytorch") if i in impls_wanted]
             if llamacpp_note is None and w in LLAMACPP_WORKLOADS:
                 impls.append("llamacpp")
             order = impl_order(impls, rep)
