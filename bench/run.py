@@ -598,7 +598,8 @@ def main(argv=None):
         md.append("- llama.cpp: %s, llama-batched-bench (synthetic prompts of equal length, no sampling; bench/README.md), "
                   "model %s, KV cache %s, flash_attn %s, n_batch %s, n_ubatch %s; generation and score only" % (
                       info["llamacpp"], os.path.basename(args.llamacpp_gguf), args.llamacpp_kv,
-                      lrecs[0].get("flash_attn") if lrecs else "?", lrecs[0].get("n_batch") if lrecs else "?",
+                      {-1: "auto", 0: "off", 1: "on"}.get(lrecs[0].get("flash_attn"), "?") if lrecs else "?",
+                      lrecs[0].get("n_batch") if lrecs else "?",
                       lrecs[0].get("n_ubatch") if lrecs else "?"))
     md.append("- model: %s (%.1fM parameters, f32); %s" % (
         "random " + args.random_shape if args.random_shape else os.path.basename(args.model), shape.n_params() / 1e6,
