@@ -164,9 +164,10 @@ train *args: build
 eval *args: build
     {{ quote(bin) }}/cream-eval "$@"
 
-# Benchmark cream against PyTorch + transformers on this machine, side by side (bench/README.md):
-# installs bench/.venv once, writes bench/results.md. `just bench --quick` is a smoke run; other
-# flags go to bench/run.py (e.g. `just bench --threads 1 --reps 5`). Not part of `just test`.
+# Benchmark cream against PyTorch + transformers and llama.cpp on this machine, side by side
+# (bench/README.md): installs bench/.venv and builds llama.cpp into bench/work once, writes
+# bench/results.md. `just bench --quick` is a smoke run; other flags go to bench/run.py (e.g.
+# `just bench --threads 1 --reps 5`, `--no-llamacpp`). Not part of `just test`.
 [positional-arguments]
 bench *args:
     bash bench/bench.sh "$@"

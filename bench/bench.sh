@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `just bench [run.py flags]`: cream against PyTorch + transformers on this machine (bench/README.md).
-# Sets up bench/.venv (pinned torch + transformers from PyPI) once, builds cream-bench (release),
-# exports the default model to Hugging Face layout and writes the workloads' inputs once, then
-# runs bench/run.py, which writes bench/results.md and bench/results.json.
+# `just bench [run.py flags]`: cream against PyTorch + transformers and llama.cpp on this machine
+# (bench/README.md). Sets up bench/.venv (pinned torch + transformers from PyPI) once, builds
+# cream-bench (release), exports the default model to Hugging Face layout and writes the workloads'
+# inputs once, builds llama.cpp and converts the export to GGUF once (bench/llamacpp.sh), then runs
+# bench/run.py, which writes bench/results.md and bench/results.json.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,6 +38,13 @@ if [[ ! -f $WORK/inputs.json || $BIN -nt $WORK/inputs.json || $MODEL -nt $WORK/i
     echo "== bench: writing $WORK/inputs.json" >&2
     "$BIN" inputs --model "$MODEL" --gsm8k "$GSM8K" --out "$WORK/inputs.json.tmp" >/dev/null
     mv "$WORK/inputs.json.tmp" "$WORK/inputs.json"
+fi
+
+# llama.cpp, the third column (generation and scoring): built and converted once by bench/llamacpp.sh.
+# Without it (no network, no compiler) run.py runs the other two and says so in the table's header.
+if [[ " $* " != *" --no-llamacpp "* && " $* " != *" --random-shape"* ]]; then
+    PYTHON=$VENV/bin/python CREAM_HF=$WORK/smollm2-hf bash bench/llamacpp.sh ||
+        echo "== bench: bench/llamacpp.sh failed; running without the llama.cpp column" >&2
 fi
 
 exec python3 bench/run.py --cream "$BIN" --python "$VENV/bin/python" --model "$MODEL" \
