@@ -1,0 +1,554 @@
+//! Fused CPU kernels of the training path ([`crate::Mode::Train`]), each a candle custom op with
+//! its own backward, so that a DPO/SFT step neither stores nor recomputes op by op what the
+//! differentiable candle graph would (candle's elementwise ops also run on one thread on the
+//! CPU; these run in parallel with rayon).
+//!
+//! * [`head_target_logprobs`]: `log_softmax(hidden @ head^T)[target]` without ever holding the
+//!   `(N, vocab)` logits: the forward works on row chunks, the backward recomputes the logits a
+//!   block at a time and accumulates the gradients of the hidden rows and of the head weight.
+//! * [`rms_norm`]: RMSNorm; the backward recomputes the per-row scale from `x`.
+//! * [`swiglu`]: `silu(gate) * up`; the backward recomputes the sigmoid.
+//! * [`heads_rope`]: the `(B, T, heads, D)` -> `(B, heads, T, D)` transpose of a projection's
+//!   output fused with rotate-half RoPE (or without rotation, for values).
+//!
+//! Determinism: work is split by fixed chunk sizes, never by the thread count, each chunk runs
+//! single-threaded kernels, and partial sums are added in chunk order, so the results are
+//! bit-identical across runs and `RAYON_NUM_THREADS` (tested). [`crate::fused::supported`] says
+//! where they run; elsewhere (CUDA) the model builds the op-by-op graph, which is also the
+//! reference the tests compare values and gradients against.
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+use crate::fused::{CResult, mm, row_lse, slice};
+
+/// Rows of the forward's logits chunk (`FWD_ROWS x vocab` floats per task).
+const FWD_ROWS: usize = 32;
+/// Rows per step of the head backward; each step runs one task per vocabulary block.
+const BWD_ROWS: usize = 256;
+/// Vocabulary entries per task of the head backward.
+const BWD_VOCAB: usize = 2048;
+/// Rows per task of the row-wise kernels (RMSNorm, RoPE).
+const ROWS: usize = 64;
+/// Elements per task of the elementwise kernel (SwiGLU).
+const ELEMS: usize = 1 << 14;
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor, without copying it.
+fn with_data<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("{what}: fused kernels run on the CPU")
+    };
+    f(slice(cpu, layout, what)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output head + target log-probs.
+
+/// `log_softmax(hidden @ head^T)[target]` per row: `hidden (N, H)`, `head (V, H)` (the
+/// `lm_head` or, tied, the embedding), result `(N,)` f32. Values are computed as
+/// [`crate::fused::target_logprobs`] computes them over materialised logits (same per-row
+/// log-sum-exp, accumulated in f64), but only `32 x V` logits exist at a time. With `train`
+/// the backward recomputes the logits in `256 x 2048` blocks, forms
+/// `g * (onehot(target) - softmax)` in place and accumulates `grad_hidden = d @ head` and
+/// `grad_head = d^T @ hidden`: no `(N, V)` tensor is stored for backward either.
+pub fn head_target_logprobs(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &[u32],
+    train: bool,
+) -> CResult<Tensor> {
+    let op = HeadTargetLogprobs {
+        targets: targets.to_vec(),
+        shift: OnceLock::new(),
+    };
+    let (hidden, head) = (hidden.contiguous()?, head.contiguous()?);
+    if train {
+        hidden.apply_op2(&head, op)
+    } else {
+        hidden.apply_op2_no_bwd(&head, &op)
+    }
+}
+
+struct HeadTargetLogprobs {
+    targets: Vec<u32>,
+    /// Per row, `max + log-sum-exp` of its logits, saved by the forward for the backward.
+    shift: OnceLock<Vec<f32>>,
+}
+
+impl HeadTargetLogprobs {
+    fn dims(&self, h: &[usize], w: &[usize]) -> CResult<(usize, usize, usize)> {
+        let (&[n, hd], &[v, hw]) = (h, w) else {
+            bail!("head log-probs: hidden and head must be 2-D, got {h:?} and {w:?}")
+        };
+        if hd != hw {
+            bail!("head log-probs: hidden {h:?} does not fit head {w:?}");
+        }
+        if self.targets.len() != n {
+            bail!(
+                "head log-probs: {} targets for {n} rows",
+                self.targets.len()
+            );
+        }
+        if let Some(&bad) = self.targets.iter().find(|&&t| t as usize >= v) {
+            bail!("head log-probs: target id {bad} is outside the vocabulary of {v}");
+        }
+        Ok((n, hd, v))
+    }
+
+    /// Log-probs of the targets and per-row shifts (`max + lse`), row chunks in parallel.
+    fn forward(&self, h: &[f32], w: &[f32], n: usize, hd: usize, v: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut out = vec![0f32; n];
+        let mut shift = vec![0f32; n];
+        out.par_chunks_mut(FWD_ROWS)
+            .zip(shift.par_chunks_mut(FWD_ROWS))
+            .enumerate()
+            .for_each(|(c, (o, sh))| {
+                let (r0, rows) = (c * FWD_ROWS, o.len());
+                let mut logits = vec![0f32; rows * v];
+                mm(
+                    rows,
+                    v,
+                    hd,
+                    &mut logits,
+                    v,
+                    false,
+                    &h[r0 * hd..][..rows * hd],
+                    hd,
+                    1,
+                    w,
+                    1,
+                    hd,
+                    1.0,
+                );
+                for (i, row) in logits.chunks(v).enumerate() {
+                    let (max, lse) = row_lse(row);
+                    o[i] = (f64::from(row[self.targets[r0 + i] as usize] - max) - lse) as f32;
+                    sh[i] = max + lse as f32;
+                }
+            });
+        (out, shift)
+    }
+}
+
+impl CustomOp2 for HeadTargetLogprobs {
+    fn name(&self) -> &'static str {
+        "cream-head-target-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (n, hd, v) = self.dims(l1.dims(), l2.dims())?;
+        let (out, shift) = self.forward(slice(s1, l1, "hidden")?, slice(s2, l2, "head")?, n, hd, v);
+        let _ = self.shift.set(shift);
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        head: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let (n, hd, v) = self.dims(hidden.dims(), head.dims())?;
+        let g = crate::fused::to_vec(grad)?;
+        let (gh, gw) = with_data(hidden, "hidden", |h| {
+            with_data(head, "head", |w| {
+                let computed;
+                let shift = match self.shift.get() {
+                    Some(s) => s,
+                    None => {
+                        computed = self.forward(h, w, n, hd, v).1;
+                        &computed
+                    }
+                };
+                let mut gh = vec![0f32; n * hd];
+                let mut gw = vec![0f32; v * hd];
+                for r0 in (0..n).step_by(BWD_ROWS) {
+                    let rows = BWD_ROWS.min(n - r0);
+                    let hc = &h[r0 * hd..][..rows * hd];
+                    // One task per vocabulary block j: d = g * (onehot - softmax) on the block's
+                    // columns, grad_head[j] += d^T hc (rows owned by the task), and the block's
+                    // part of grad_hidden, added below in block order.
+                    let parts: Vec<Vec<f32>> = gw
+                        .par_chunks_mut(BWD_VOCAB * hd)
+                        .enumerate()
+                        .map(|(j, gwj)| {
+                            let (v0, vb) = (j * BWD_VOCAB, gwj.len() / hd);
+                            let wj = &w[v0 * hd..][..vb * hd];
+                            let mut d = vec![0f32; rows * vb];
+                            mm(rows, vb, hd, &mut d, vb, false, hc, hd, 1, wj, 1, hd, 1.0);
+                            for (i, dr) in d.chunks_mut(vb).enumerate() {
+                                let (gi, s) = (g[r0 + i], shift[r0 + i]);
+                                for x in dr.iter_mut() {
+                                    *x = -gi * (*x - s).exp();
+                                }
+                                let t = self.targets[r0 + i] as usize;
+                                if (v0..v0 + vb).contains(&t) {
+                                    dr[t - v0] += gi;
+                                }
+                            }
+                            mm(vb, hd, rows, gwj, hd, true, &d, 1, vb, hc, hd, 1, 1.0);
+                            let mut part = vec![0f32; rows * hd];
+                            mm(
+                                rows, hd, vb, &mut part, hd, false, &d, vb, 1, wj, hd, 1, 1.0,
+                            );
+                            part
+                        })
+                        .collect();
+                    let ghc = &mut gh[r0 * hd..][..rows * hd];
+                    for part in &parts {
+                        ghc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                    }
+                }
+                Ok((gh, gw))
+            })
+        })?;
+        let dev = hidden.device();
+        Ok((
+            Some(Tensor::from_vec(gh, (n, hd), dev)?),
+            Some(Tensor::from_vec(gw, (v, hd), dev)?),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm.
+
+/// RMSNorm over the last axis, `x / sqrt(mean(x^2) + eps) * w`, as the op-by-op graph computes
+/// it (f32 mean, division by the root). The backward recomputes each row's root from `x`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> CResult<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn dims(&self, x: &[usize], w: &[usize]) -> CResult<usize> {
+        match (x.last(), w) {
+            (Some(&h), &[hw]) if h == hw && h > 0 => Ok(h),
+            _ => bail!("rms norm: x {x:?} and weight {w:?} do not fit"),
+        }
+    }
+
+    /// `sqrt(mean(row^2) + eps)`.
+    fn root(&self, row: &[f32]) -> f32 {
+        let ss: f32 = row.iter().map(|&a| a * a).sum();
+        (ss / row.len() as f32 + self.eps).sqrt()
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "cream-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let h = self.dims(l1.dims(), l2.dims())?;
+        let (x, w) = (slice(s1, l1, "x")?, slice(s2, l2, "weight")?);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(ROWS * h)
+            .zip(x.par_chunks(ROWS * h))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
+                    let r = self.root(xr);
+                    for ((o, &a), &wi) in yr.iter_mut().zip(xr).zip(w) {
+                        *o = a / r * wi;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let h = self.dims(x.dims(), w.dims())?;
+        let g = grad.contiguous()?;
+        let (dx, dw) = with_data(x, "x", |x| {
+            with_data(w, "weight", |w| {
+                with_data(&g, "grad", |g| {
+                    let mut dx = vec![0f32; x.len()];
+                    // Per chunk of rows: dx of its rows and its partial dw, added in chunk order.
+                    let parts: Vec<Vec<f32>> = dx
+                        .par_chunks_mut(ROWS * h)
+                        .zip(x.par_chunks(ROWS * h))
+                        .zip(g.par_chunks(ROWS * h))
+                        .map(|((dxc, xc), gc)| {
+                            let mut dw = vec![0f32; h];
+                            for ((dr, xr), gr) in
+                                dxc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h))
+                            {
+                                let r = self.root(xr);
+                                // With xhat = x / r and a = g * w:
+                                // dx = (a - xhat * mean(a * xhat)) / r, dw = sum over rows g * xhat.
+                                let mut dot = 0f32;
+                                for i in 0..h {
+                                    let xh = xr[i] / r;
+                                    dw[i] += gr[i] * xh;
+                                    dot += gr[i] * w[i] * xh;
+                                }
+                                let mean = dot / h as f32;
+                                for i in 0..h {
+                                    dr[i] = (gr[i] * w[i] - xr[i] / r * mean) / r;
+                                }
+                            }
+                            dw
+                        })
+                        .collect();
+                    let mut dw = vec![0f32; h];
+                    for part in &parts {
+                        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                    }
+                    Ok((dx, dw))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, h, dev)?),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU.
+
+/// `silu(gate) * up` elementwise (same shapes), `silu(x) = x / (exp(-x) + 1)` as candle
+/// computes it. The backward recomputes the sigmoid.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "cream-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!(
+                "swiglu: gate {:?} and up {:?} differ in shape",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let (g, u) = (slice(s1, l1, "gate")?, slice(s2, l2, "up")?);
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(ELEMS)
+            .zip(g.par_chunks(ELEMS))
+            .zip(u.par_chunks(ELEMS))
+            .for_each(|((y, g), u)| {
+                for ((o, &a), &b) in y.iter_mut().zip(g).zip(u) {
+                    *o = a / ((-a).exp() + 1.0) * b;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let gr = grad.contiguous()?;
+        let (dg, du) = with_data(gate, "gate", |g| {
+            with_data(up, "up", |u| {
+                with_data(&gr, "grad", |gr| {
+                    let mut dg = vec![0f32; g.len()];
+                    let mut du = vec![0f32; g.len()];
+                    dg.par_chunks_mut(ELEMS)
+                        .zip(du.par_chunks_mut(ELEMS))
+                        .zip(
+                            g.par_chunks(ELEMS)
+                                .zip(u.par_chunks(ELEMS))
+                                .zip(gr.par_chunks(ELEMS)),
+                        )
+                        .for_each(|((dg, du), ((g, u), gr))| {
+                            for i in 0..g.len() {
+                                // silu'(x) = s (1 + x (1 - s)) with s = sigmoid(x).
+                                let s = 1.0 / ((-g[i]).exp() + 1.0);
+                                dg[i] = gr[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                                du[i] = gr[i] * g[i] * s;
+                            }
+                        });
+                    Ok((dg, du))
+                })
+            })
+        })?;
+        let (dev, shape) = (gate.device(), gate.shape());
+        Ok((
+            Some(Tensor::from_vec(dg, shape, dev)?),
+            Some(Tensor::from_vec(du, shape, dev)?),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Head split + RoPE.
+
+/// A projection's output `(B, T, heads * D)` split into heads `(B, heads, T, D)`, with
+/// rotate-half RoPE applied when `cos`/`sin` (`(T, D/2)` or `(B, T, D/2)`) are given:
+/// `[x1 c - x2 s, x2 c + x1 s]` on the halves. One parallel pass instead of candle's
+/// single-threaded transpose copy and the five ops of the explicit rotation; the backward is
+/// the inverse rotation and transpose.
+pub fn heads_rope(x: &Tensor, heads: usize, rot: Option<(&Tensor, &Tensor)>) -> CResult<Tensor> {
+    let (b, t, hd) = x.dims3()?;
+    if heads == 0 || hd % heads != 0 || (hd / heads) % 2 != 0 {
+        bail!("heads rope: {hd} features do not split into {heads} heads of even size");
+    }
+    let d = hd / heads;
+    let rot = match rot {
+        None => None,
+        Some((cos, sin)) => {
+            let per_row = match cos.dims() {
+                &[ct, ch] if ct == t && ch == d / 2 => false,
+                &[cb, ct, ch] if cb == b && ct == t && ch == d / 2 => true,
+                dims => bail!(
+                    "heads rope: cos/sin {dims:?} do not fit (B, T, D/2) = ({b}, {t}, {})",
+                    d / 2
+                ),
+            };
+            if sin.dims() != cos.dims() {
+                bail!(
+                    "heads rope: cos {:?} and sin {:?} differ in shape",
+                    cos.dims(),
+                    sin.dims()
+                );
+            }
+            Some((
+                crate::fused::to_vec(cos)?,
+                crate::fused::to_vec(sin)?,
+                per_row,
+            ))
+        }
+    };
+    x.contiguous()?.apply_op1(HeadsRope {
+        b,
+        t,
+        heads,
+        d,
+        rot,
+    })
+}
+
+struct HeadsRope {
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+    /// cos, sin (`(T, D/2)` rows, or `(B, T, D/2)` when the flag is set); `None`: no rotation.
+    rot: Option<(Vec<f32>, Vec<f32>, bool)>,
+}
+
+impl HeadsRope {
+    /// cos/sin rows of (row `bi`, position `ti`), or `None` without rotation.
+    fn cs(&self, bi: usize, ti: usize) -> Option<(&[f32], &[f32])> {
+        self.rot.as_ref().map(|(c, s, per_row)| {
+            let half = self.d / 2;
+            let at = if *per_row {
+                (bi * self.t + ti) * half
+            } else {
+                ti * half
+            };
+            (&c[at..][..half], &s[at..][..half])
+        })
+    }
+
+    /// `dst = R(src)` for one head vector (`inverse`: `R^T`, for the backward).
+    fn rotate(&self, src: &[f32], dst: &mut [f32], cs: Option<(&[f32], &[f32])>, inverse: bool) {
+        let half = self.d / 2;
+        let Some((c, s)) = cs else {
+            dst.copy_from_slice(src);
+            return;
+        };
+        let (x1, x2) = src.split_at(half);
+        let (y1, y2) = dst.split_at_mut(half);
+        for i in 0..half {
+            if inverse {
+                y1[i] = x1[i] * c[i] + x2[i] * s[i];
+                y2[i] = x2[i] * c[i] - x1[i] * s[i];
+            } else {
+                y1[i] = x1[i] * c[i] - x2[i] * s[i];
+                y2[i] = x2[i] * c[i] + x1[i] * s[i];
+            }
+        }
+    }
+}
+
+impl CustomOp1 for HeadsRope {
+    fn name(&self) -> &'static str {
+        "cream-heads-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (b, t, h, d) = (self.b, self.t, self.heads, self.d);
+        if l.dims() != [b, t, h * d] {
+            bail!(
+                "heads rope: input {:?} is not ({b}, {t}, {})",
+                l.dims(),
+                h * d
+            );
+        }
+        let x = slice(s, l, "x")?;
+        let mut y = vec![0f32; x.len()];
+        // One task per (row, head): its (T, D) block of the output.
+        y.par_chunks_mut(t * d).enumerate().for_each(|(bh, yb)| {
+            let (bi, hi) = (bh / h, bh % h);
+            for (ti, dst) in yb.chunks_mut(d).enumerate() {
+                let src = &x[((bi * t + ti) * h + hi) * d..][..d];
+                self.rotate(src, dst, self.cs(bi, ti), false);
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((b, h, t, d))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let (b, t, h, d) = (self.b, self.t, self.heads, self.d);
+        let g = grad.contiguous()?;
+        let dx = with_data(&g, "grad", |g| {
+            let mut dx = vec![0f32; g.len()];
+            // One task per (row, position): its (heads, D) block of the input gradient.
+            dx.par_chunks_mut(h * d).enumerate().for_each(|(bt, dxb)| {
+                let (bi, ti) = (bt / t, bt % t);
+                for (hi, dst) in dxb.chunks_mut(d).enumerate() {
+                    let src = &g[((bi * h + hi) * t + ti) * d..][..d];
+                    self.rotate(src, dst, self.cs(bi, ti), true);
+                }
+            });
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, (b, t, h * d), x.device())?))
+    }
+}
