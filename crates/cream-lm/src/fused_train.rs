@@ -552,3 +552,148 @@ impl CustomOp1 for HeadsRope {
         Ok(Some(Tensor::from_vec(dx, (b, t, h * d), x.device())?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Mode;
+    use candle_core::{D, Device, Var};
+
+    fn rand(shape: &[usize], seed: u64, scale: f32) -> Var {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| scale * rng.normal() as f32).collect();
+        Var::from_tensor(&Tensor::from_vec(data, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// `sum(out * weights)` with fixed pseudo-random weights, so every output element matters.
+    fn weighted(out: &Tensor, seed: u64) -> Tensor {
+        let w = rand(out.dims(), seed, 1.0);
+        (out * w.as_tensor()).unwrap().sum_all().unwrap()
+    }
+
+    /// Asserts values and the gradients of every input agree within `tol` (relative to the
+    /// largest magnitude), and that each gradient is non-trivial.
+    fn assert_agree(fused: &Tensor, reference: &Tensor, inputs: &[&Var], tol: f32) {
+        let scale = |t: &Tensor| -> f32 {
+            t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-3)
+        };
+        let d = max_diff(fused, reference);
+        assert!(d <= tol * scale(reference), "values differ by {d}");
+        let gf = weighted(fused, 99).backward().unwrap();
+        let gr = weighted(reference, 99).backward().unwrap();
+        for (i, v) in inputs.iter().enumerate() {
+            let (a, b) = (gf.get(v).unwrap(), gr.get(v).unwrap());
+            let d = max_diff(a, b);
+            assert!(d <= tol * scale(b), "gradient of input {i} differs by {d} (scale {})", scale(b));
+            assert!(scale(a) > 1e-3, "gradient of input {i} is ~0");
+        }
+    }
+
+    /// More rows than one forward chunk and one backward step, more vocabulary than one block.
+    fn head_inputs() -> (Var, Var, Vec<u32>) {
+        let (n, h, v) = (300, 16, 5000);
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 2654435761u32) % v as u32).collect();
+        (rand(&[n, h], 1, 1.0), rand(&[v, h], 2, 0.5), targets)
+    }
+
+    #[test]
+    fn head_target_logprobs_match_the_op_by_op_graph_values_and_gradients() {
+        let (hidden, head, targets) = head_inputs();
+        let fused = head_target_logprobs(&hidden, &head, &targets, true).unwrap();
+        // The unfused path of `sequence_logprob_sums`: logits, log-softmax, gather.
+        let logits = hidden.matmul(&head.t().unwrap()).unwrap();
+        let idx = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap().reshape((targets.len(), 1)).unwrap();
+        let reference = candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .gather(&idx, D::Minus1)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        assert_agree(&fused, &reference, &[&hidden, &head], 2e-5);
+        let infer = head_target_logprobs(&hidden, &head, &targets, false).unwrap();
+        assert_eq!(bits(&infer), bits(&fused));
+        let mut bad = targets.clone();
+        bad[3] = 5000;
+        let err = head_target_logprobs(&hidden, &head, &bad, true).unwrap_err().to_string();
+        assert!(err.contains("outside the vocabulary"), "{err}");
+    }
+
+    #[test]
+    fn rms_norm_matches_the_op_by_op_graph_values_and_gradients() {
+        let x = rand(&[3, 50, 24], 3, 2.0);
+        let w = Var::from_tensor(&(rand(&[24], 4, 0.1).as_tensor() + 1.0).unwrap()).unwrap();
+        let fused = rms_norm(&x, &w, 1e-5).unwrap();
+        let reference = crate::model::rms_norm_graph(&x, &w, 1e-5, Mode::Train).unwrap();
+        assert_agree(&fused, &reference, &[&x, &w], 1e-5);
+    }
+
+    #[test]
+    fn swiglu_matches_the_op_by_op_graph_values_and_gradients() {
+        let (g, u) = (rand(&[2, 100, 300], 5, 3.0), rand(&[2, 100, 300], 6, 1.0));
+        let fused = swiglu(&g, &u).unwrap();
+        let reference = (candle_nn::ops::silu(&g).unwrap() * u.as_tensor()).unwrap();
+        assert_agree(&fused, &reference, &[&g, &u], 1e-5);
+    }
+
+    #[test]
+    fn heads_rope_matches_the_op_by_op_graph_values_and_gradients() {
+        let (b, t, h, d) = (2, 70, 3, 8);
+        let x = rand(&[b, t, h * d], 7, 1.0);
+        let split = |x: &Tensor| x.reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        // Shared positions (T, D/2), per-row positions (B, T, D/2), and no rotation.
+        let angles = rand(&[b, t, d / 2], 8, 2.0);
+        let (cos_b, sin_b) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (cos_t, sin_t) = (cos_b.get(0).unwrap(), sin_b.get(0).unwrap());
+        for (cos, sin) in [(&cos_t, &sin_t), (&cos_b, &sin_b)] {
+            let fused = heads_rope(&x, h, Some((cos, sin))).unwrap();
+            let reference = crate::model::rope(&split(&x), cos, sin, Mode::Train).unwrap();
+            assert_agree(&fused, &reference, &[&x], 1e-6);
+        }
+        let fused = heads_rope(&x, h, None).unwrap();
+        assert_agree(&fused, &split(&x), &[&x], 0.0);
+    }
+
+    /// Forward and backward of every kernel, as bits: values and input gradients.
+    fn run_all() -> Vec<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut record = |y: Tensor, inputs: &[&Var]| {
+            let grads = weighted(&y, 11).backward().unwrap();
+            out.push(bits(&y));
+            for v in inputs {
+                out.push(bits(grads.get(v).unwrap()));
+            }
+        };
+        let (hidden, head, targets) = head_inputs();
+        record(head_target_logprobs(&hidden, &head, &targets, true).unwrap(), &[&hidden, &head]);
+        let (x, w) = (rand(&[4, 90, 32], 12, 1.0), rand(&[32], 13, 1.0));
+        record(rms_norm(&x, &w, 1e-5).unwrap(), &[&x, &w]);
+        let (g, u) = (rand(&[3, 7000], 14, 2.0), rand(&[3, 7000], 15, 1.0));
+        record(swiglu(&g, &u).unwrap(), &[&g, &u]);
+        let x = rand(&[2, 30, 4 * 8], 16, 1.0);
+        let angles = rand(&[30, 4], 17, 1.0);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        record(heads_rope(&x, 4, Some((&cos, &sin))).unwrap(), &[&x]);
+        out
+    }
+
+    #[test]
+    fn kernels_are_bit_identical_across_thread_counts() {
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        let one = pool(1).install(run_all);
+        let three = pool(3).install(run_all);
+        assert_eq!(one.len(), 11);
+        for (i, (a, b)) in one.iter().zip(&three).enumerate() {
+            assert!(a == b, "output {i} differs between 1 and 3 threads");
+        }
+        assert!(run_all() == one, "a second run differs");
+    }
+}
