@@ -7,7 +7,8 @@
 //!   `(N, vocab)` logits: the forward works on row chunks, the backward recomputes the logits a
 //!   block at a time and accumulates the gradients of the hidden rows and of the head weight.
 //! * [`rms_norm`]: RMSNorm; the backward recomputes the per-row scale from `x`.
-//! * [`swiglu`]: `silu(gate) * up`; the backward recomputes the sigmoid.
+//! * [`swiglu_down`]: the MLP's `(silu(gate) * up) @ down^T`; the product is recomputed, not
+//!   stored.
 //! * [`heads_rope`]: the `(B, T, heads, D)` -> `(B, heads, T, D)` transpose of a projection's
 //!   output fused with rotate-half RoPE (or without rotation, for values).
 //!
@@ -19,7 +20,7 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
 use crate::fused::{CResult, mm, row_lse, slice};
@@ -30,9 +31,9 @@ const FWD_ROWS: usize = 32;
 const BWD_ROWS: usize = 256;
 /// Vocabulary entries per task of the head backward.
 const BWD_VOCAB: usize = 2048;
-/// Rows per task of the row-wise kernels (RMSNorm, RoPE).
+/// Rows per task of the row-wise kernels (RMSNorm, SwiGLU-down).
 const ROWS: usize = 64;
-/// Elements per task of the elementwise kernel (SwiGLU).
+/// Elements per task of elementwise work (SwiGLU).
 const ELEMS: usize = 1 << 14;
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor, without copying it.
@@ -333,19 +334,48 @@ impl CustomOp2 for RmsNorm {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SwiGLU.
+// SwiGLU + down projection.
 
-/// `silu(gate) * up` elementwise (same shapes), `silu(x) = x / (exp(-x) + 1)` as candle
-/// computes it. The backward recomputes the sigmoid.
-pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
-    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+/// `silu(x) = x / (exp(-x) + 1)`, as candle computes it.
+fn silu(x: f32) -> f32 {
+    x / ((-x).exp() + 1.0)
 }
 
-struct SwiGlu;
+/// The MLP's second half, `(silu(gate) * up) @ down^T`: `gate`, `up` `(..., I)`, `down` `(H, I)`,
+/// result `(..., H)`. The product `silu(gate) * up` is only a temporary, forward and backward
+/// (recomputed there, elementwise), so the graph holds gate, up and the weight but not the
+/// `(tokens, I)` product a separate SwiGLU op and matmul would keep.
+pub fn swiglu_down(gate: &Tensor, up: &Tensor, down: &Tensor) -> CResult<Tensor> {
+    let (gate, up, down) = (gate.contiguous()?, up.contiguous()?, down.contiguous()?);
+    gate.apply_op3(&up, &down, SwiGluDown)
+}
 
-impl CustomOp2 for SwiGlu {
+struct SwiGluDown;
+
+impl SwiGluDown {
+    /// (tokens, I, H) for gate/up dims `g`, `u` and weight dims `w`.
+    fn dims(g: &[usize], u: &[usize], w: &[usize]) -> CResult<(usize, usize, usize)> {
+        match (g.split_last(), w) {
+            (Some((&i, rest)), &[h, wi]) if g == u && wi == i && i > 0 => Ok((rest.iter().product(), i, h)),
+            _ => bail!("swiglu-down: gate {g:?}, up {u:?} and down {w:?} do not fit"),
+        }
+    }
+
+    /// `silu(g) * u`, fixed chunks in parallel.
+    fn product(g: &[f32], u: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(ELEMS).zip(g.par_chunks(ELEMS)).zip(u.par_chunks(ELEMS)).for_each(|((y, g), u)| {
+            for ((o, &a), &b) in y.iter_mut().zip(g).zip(u) {
+                *o = silu(a) * b;
+            }
+        });
+        y
+    }
+}
+
+impl CustomOp3 for SwiGluDown {
     fn name(&self) -> &'static str {
-        "cream-swiglu"
+        "cream-swiglu-down"
     }
 
     fn cpu_fwd(
@@ -354,63 +384,71 @@ impl CustomOp2 for SwiGlu {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            bail!(
-                "swiglu: gate {:?} and up {:?} differ in shape",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let (g, u) = (slice(s1, l1, "gate")?, slice(s2, l2, "up")?);
-        let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(ELEMS)
-            .zip(g.par_chunks(ELEMS))
-            .zip(u.par_chunks(ELEMS))
-            .for_each(|((y, g), u)| {
-                for ((o, &a), &b) in y.iter_mut().zip(g).zip(u) {
-                    *o = a / ((-a).exp() + 1.0) * b;
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        let (n, i, h) = Self::dims(l1.dims(), l2.dims(), l3.dims())?;
+        let (g, u, w) = (slice(s1, l1, "gate")?, slice(s2, l2, "up")?, slice(s3, l3, "down")?);
+        let p = Self::product(g, u);
+        let mut out = vec![0f32; n * h];
+        // out = p @ w^T, one task per chunk of rows.
+        out.par_chunks_mut(ROWS * h).enumerate().for_each(|(c, o)| {
+            let rows = o.len() / h;
+            mm(rows, h, i, o, h, false, &p[c * ROWS * i..][..rows * i], i, 1, w, 1, i, 1.0);
+        });
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("checked non-empty") = h;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
     fn bwd(
         &self,
         gate: &Tensor,
         up: &Tensor,
+        down: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, i, h) = Self::dims(gate.dims(), up.dims(), down.dims())?;
         let gr = grad.contiguous()?;
-        let (dg, du) = with_data(gate, "gate", |g| {
+        let (dg, du, dw) = with_data(gate, "gate", |g| {
             with_data(up, "up", |u| {
-                with_data(&gr, "grad", |gr| {
-                    let mut dg = vec![0f32; g.len()];
-                    let mut du = vec![0f32; g.len()];
-                    dg.par_chunks_mut(ELEMS)
-                        .zip(du.par_chunks_mut(ELEMS))
-                        .zip(
-                            g.par_chunks(ELEMS)
-                                .zip(u.par_chunks(ELEMS))
-                                .zip(gr.par_chunks(ELEMS)),
-                        )
-                        .for_each(|((dg, du), ((g, u), gr))| {
-                            for i in 0..g.len() {
-                                // silu'(x) = s (1 + x (1 - s)) with s = sigmoid(x).
-                                let s = 1.0 / ((-g[i]).exp() + 1.0);
-                                dg[i] = gr[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                                du[i] = gr[i] * g[i] * s;
-                            }
+                with_data(down, "down", |w| {
+                    with_data(&gr, "grad", |gr| {
+                        let p = Self::product(g, u);
+                        let mut dg = vec![0f32; n * i];
+                        let mut du = vec![0f32; n * i];
+                        // Per chunk of rows: dp = grad @ w, then through silu(g) * u in place.
+                        dg.par_chunks_mut(ROWS * i).zip(du.par_chunks_mut(ROWS * i)).enumerate().for_each(
+                            |(c, (dgc, duc))| {
+                                let (r0, rows) = (c * ROWS, dgc.len() / i);
+                                mm(rows, i, h, dgc, i, false, &gr[r0 * h..][..rows * h], h, 1, w, i, 1, 1.0);
+                                let (gc, uc) = (&g[r0 * i..][..rows * i], &u[r0 * i..][..rows * i]);
+                                for k in 0..dgc.len() {
+                                    // silu'(x) = s (1 + x (1 - s)) with s = sigmoid(x).
+                                    let (dp, x) = (dgc[k], gc[k]);
+                                    let s = 1.0 / ((-x).exp() + 1.0);
+                                    dgc[k] = dp * uc[k] * s * (1.0 + x * (1.0 - s));
+                                    duc[k] = dp * x * s;
+                                }
+                            },
+                        );
+                        // dw = grad^T @ p, one task per block of the weight's rows.
+                        let mut dw = vec![0f32; h * i];
+                        dw.par_chunks_mut(ROWS * i).enumerate().for_each(|(c, dwc)| {
+                            let (o0, outs) = (c * ROWS, dwc.len() / i);
+                            mm(outs, i, n, dwc, i, false, &gr[o0..], 1, h, &p, i, 1, 1.0);
                         });
-                    Ok((dg, du))
+                        Ok((dg, du, dw))
+                    })
                 })
             })
         })?;
-        let (dev, shape) = (gate.device(), gate.shape());
+        let dev = gate.device();
         Ok((
-            Some(Tensor::from_vec(dg, shape, dev)?),
-            Some(Tensor::from_vec(du, shape, dev)?),
+            Some(Tensor::from_vec(dg, gate.shape(), dev)?),
+            Some(Tensor::from_vec(du, up.shape(), dev)?),
+            Some(Tensor::from_vec(dw, (h, i), dev)?),
         ))
     }
 }
@@ -637,11 +675,14 @@ mod tests {
     }
 
     #[test]
-    fn swiglu_matches_the_op_by_op_graph_values_and_gradients() {
-        let (g, u) = (rand(&[2, 100, 300], 5, 3.0), rand(&[2, 100, 300], 6, 1.0));
-        let fused = swiglu(&g, &u).unwrap();
-        let reference = (candle_nn::ops::silu(&g).unwrap() * u.as_tensor()).unwrap();
-        assert_agree(&fused, &reference, &[&g, &u], 1e-5);
+    fn swiglu_down_matches_the_op_by_op_graph_values_and_gradients() {
+        // More rows than one chunk, more outputs than one weight block.
+        let (g, u) = (rand(&[2, 100, 48], 5, 3.0), rand(&[2, 100, 48], 6, 1.0));
+        let w = rand(&[70, 48], 9, 0.3);
+        let fused = swiglu_down(&g, &u, &w).unwrap();
+        let p = (candle_nn::ops::silu(&g).unwrap() * u.as_tensor()).unwrap();
+        let reference = p.reshape((200, 48)).unwrap().matmul(&w.t().unwrap()).unwrap().reshape((2, 100, 70)).unwrap();
+        assert_agree(&fused, &reference, &[&g, &u, &w], 1e-5);
     }
 
     #[test]
@@ -676,8 +717,8 @@ mod tests {
         record(head_target_logprobs(&hidden, &head, &targets, true).unwrap(), &[&hidden, &head]);
         let (x, w) = (rand(&[4, 90, 32], 12, 1.0), rand(&[32], 13, 1.0));
         record(rms_norm(&x, &w, 1e-5).unwrap(), &[&x, &w]);
-        let (g, u) = (rand(&[3, 7000], 14, 2.0), rand(&[3, 7000], 15, 1.0));
-        record(swiglu(&g, &u).unwrap(), &[&g, &u]);
+        let (g, u, w) = (rand(&[3, 90, 40], 14, 2.0), rand(&[3, 90, 40], 15, 1.0), rand(&[80, 40], 18, 0.3));
+        record(swiglu_down(&g, &u, &w).unwrap(), &[&g, &u, &w]);
         let x = rand(&[2, 30, 4 * 8], 16, 1.0);
         let angles = rand(&[30, 4], 17, 1.0);
         let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
@@ -690,7 +731,7 @@ mod tests {
         let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
         let one = pool(1).install(run_all);
         let three = pool(3).install(run_all);
-        assert_eq!(one.len(), 11);
+        assert_eq!(one.len(), 12);
         for (i, (a, b)) in one.iter().zip(&three).enumerate() {
             assert!(a == b, "output {i} differs between 1 and 3 threads");
         }

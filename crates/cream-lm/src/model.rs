@@ -5,6 +5,10 @@
 //!   norm, explicit rotate-half RoPE, `softmax` over an additive mask), so `backward()` reaches
 //!   every parameter. candle's fused ops (`ops::rms_norm`, `rotary_emb::rope`,
 //!   `softmax_last_dim`) have no backward and would silently drop gradients.
+//!   On f32 CPU tensors the Train path uses cream's fused kernels with their own backward
+//!   instead (`fused`: causal attention; `fused_train`: RMSNorm, head split + RoPE, SwiGLU +
+//!   down projection, output head + target log-probs); the op-by-op graph stays the path
+//!   elsewhere (CUDA) and the reference the tests compare against.
 //! * [`Mode::Infer`] uses the fused ops on detached weights: no graph is recorded, and it is the
 //!   path for scoring, generation and reference log-probs.
 //!
@@ -492,12 +496,10 @@ impl Model {
                 let (layer, mode) = (&self.layers[li], pass.mode);
                 let g = linear(xn, &Self::w(&layer.gate, mode), None)?;
                 let u = linear(xn, &Self::w(&layer.up, mode), None)?;
-                let h = if pass.fused_train {
-                    crate::fused_train::swiglu(&g, &u)?
-                } else {
-                    (candle_nn::ops::silu(&g)? * u)?
-                };
-                linear(&h, &Self::w(&layer.down, mode), None)
+                if pass.fused_train {
+                    return Ok(crate::fused_train::swiglu_down(&g, &u, &Self::w(&layer.down, mode))?);
+                }
+                linear(&(candle_nn::ops::silu(&g)? * u)?, &Self::w(&layer.down, mode), None)
             }
         }
     }
