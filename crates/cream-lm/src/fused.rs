@@ -14,14 +14,14 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-type CResult<T> = candle_core::Result<T>;
+pub(crate) type CResult<T> = candle_core::Result<T>;
 
 /// Whether the fused kernels can run on this tensor (f32 on the CPU).
 pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     let CpuStorage::F32(v) = s else { bail!("{what}: fused kernels take f32") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -29,13 +29,13 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     }
 }
 
-fn to_vec(t: &Tensor) -> CResult<Vec<f32>> {
+pub(crate) fn to_vec(t: &Tensor) -> CResult<Vec<f32>> {
     t.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
 
 /// `dst (m x n) [+]= a (m x k) * b (k x n)`, each operand given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn mm(
+pub(crate) fn mm(
     m: usize,
     n: usize,
     k: usize,

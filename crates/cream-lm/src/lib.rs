@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod fused;
+pub mod fused_train;
 pub mod generate;
 pub mod golden;
 pub mod load;

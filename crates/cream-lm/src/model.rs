@@ -5,6 +5,10 @@
 //!   norm, explicit rotate-half RoPE, `softmax` over an additive mask), so `backward()` reaches
 //!   every parameter. candle's fused ops (`ops::rms_norm`, `rotary_emb::rope`,
 //!   `softmax_last_dim`) have no backward and would silently drop gradients.
+//!   On f32 CPU tensors the Train path uses cream's fused kernels with their own backward
+//!   instead (`fused`: causal attention; `fused_train`: RMSNorm, head split + RoPE, SwiGLU +
+//!   down projection, output head + target log-probs); the op-by-op graph stays the path
+//!   elsewhere (CUDA) and the reference the tests compare against.
 //! * [`Mode::Infer`] uses the fused ops on detached weights: no graph is recorded, and it is the
 //!   path for scoring, generation and reference log-probs.
 //!
@@ -64,6 +68,9 @@ pub struct Model {
     named: Vec<(String, Var)>,
     cos: Tensor,
     sin: Tensor,
+    /// Whether cream's fused CPU kernels (`fused`, `fused_train`) may replace the op-by-op
+    /// graph where they apply; off only to compare the two in tests.
+    fused: bool,
 }
 
 /// Detached weights of one layer, transposed to contiguous `(in, out)` and concatenated where
@@ -90,6 +97,8 @@ struct Pass<'a> {
     b: usize,
     t: usize,
     mode: Mode,
+    /// [`Mode::Train`] with the fused training kernels (`fused_train`) on this device.
+    fused_train: bool,
     /// The inference snapshot ([`Mode::Infer`]), or `None` for the differentiable path.
     frozen: Option<&'a Frozen<'a>>,
     attn: &'a Attention,
@@ -225,6 +234,7 @@ impl Model {
             sin,
             device: device.clone(),
             cfg,
+            fused: true,
         })
     }
 
@@ -253,6 +263,23 @@ impl Model {
     /// All trainable parameters with their Hugging Face names, in a fixed order.
     pub fn named_vars(&self) -> &[(String, Var)] {
         &self.named
+    }
+
+    /// Turn cream's fused CPU kernels off (`false`: the op-by-op candle graph everywhere, as on
+    /// CUDA) or back on (the default). For tests that compare the two paths.
+    pub fn set_fused_kernels(&mut self, on: bool) {
+        self.fused = on;
+    }
+
+    /// Whether the fused CPU kernels run on tensors like `t` (see [`crate::fused::supported`]).
+    pub fn fused_for(&self, t: &Tensor) -> bool {
+        self.fused && crate::fused::supported(t)
+    }
+
+    /// The output projection's weight `(vocab, hidden)` (the embedding when tied), detached in
+    /// [`Mode::Infer`].
+    pub fn head_weight(&self, mode: Mode) -> Tensor {
+        Self::w(self.head(), mode)
     }
 
     /// The output projection (the embedding when tied).
@@ -342,11 +369,12 @@ impl Model {
                 "causal attention needs one length in 1..={t} per row, got {lens:?}"
             );
         }
-        let mut pass = Pass { b, t, mode, frozen, attn, cos, sin, causal_masks: HashMap::new() };
+        let fused_train = mode == Mode::Train && self.fused_for(&x);
+        let mut pass = Pass { b, t, mode, fused_train, frozen, attn, cos, sin, causal_masks: HashMap::new() };
         for li in 0..self.layers.len() {
             x = self.layer_forward(li, x, &mut pass, cache.as_deref_mut().map(|c| &mut c[li]))?;
         }
-        rms_norm(&x, &Self::w(&self.norm, mode), self.cfg.rms_norm_eps as f32, mode)
+        rms_norm(&x, &Self::w(&self.norm, mode), self.cfg.rms_norm_eps as f32, &pass)
     }
 
     /// Layer `li` on the residual stream `x`: pre-norm attention and pre-norm MLP, each added to
@@ -354,10 +382,13 @@ impl Model {
     fn layer_forward(&self, li: usize, x: Tensor, pass: &mut Pass, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (layer, mode) = (&self.layers[li], pass.mode);
         let eps = self.cfg.rms_norm_eps as f32;
-        let xn = rms_norm(&x, &Self::w(&layer.input_norm, mode), eps, mode)?;
+        let xn = rms_norm(&x, &Self::w(&layer.input_norm, mode), eps, pass)?;
         let (q, k, v) = self.qkv(li, &xn, pass)?;
-        let q = rope(&q, &pass.cos, &pass.sin, mode)?;
-        let k = rope(&k, &pass.cos, &pass.sin, mode)?;
+        let (q, k) = if pass.fused_train {
+            (q, k) // `qkv` applied RoPE while splitting the heads
+        } else {
+            (rope(&q, &pass.cos, &pass.sin, mode)?, rope(&k, &pass.cos, &pass.sin, mode)?)
+        };
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
@@ -369,13 +400,14 @@ impl Model {
             None => linear(&att, &Self::w(&layer.o, mode), None)?,
         };
         let x = (x + o)?;
-        let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, mode)?;
+        let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, pass)?;
         let mlp = self.mlp(li, &xn, pass)?;
         Ok((x + mlp)?)
     }
 
     /// The query, key and value heads of layer `li` for the normed stream `xn`, each
-    /// `(B, heads, T, head_dim)`: one concatenated matmul when frozen, three otherwise.
+    /// `(B, heads, T, head_dim)`: one concatenated matmul when frozen, three otherwise. With
+    /// `pass.fused_train`, q and k come back with RoPE applied (fused with the head split).
     fn qkv(&self, li: usize, xn: &Tensor, pass: &Pass) -> Result<(Tensor, Tensor, Tensor)> {
         let cfg = &self.cfg;
         let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
@@ -390,6 +422,19 @@ impl Model {
                     split(qkv.narrow(2, 0, qd)?, cfg.num_heads)?,
                     split(qkv.narrow(2, qd, kvd)?, cfg.num_kv_heads)?,
                     split(qkv.narrow(2, qd + kvd, kvd)?, cfg.num_kv_heads)?,
+                ))
+            }
+            None if pass.fused_train => {
+                let layer = &self.layers[li];
+                let proj = |w: &Var, bias: &Option<Var>, n: usize, rope: bool| -> Result<Tensor> {
+                    let y = linear(xn, &Self::w(w, Mode::Train), bias.as_ref().map(|v| Self::w(v, Mode::Train)))?;
+                    let rot = rope.then_some((&pass.cos, &pass.sin));
+                    Ok(crate::fused_train::heads_rope(&y, n, rot)?)
+                };
+                Ok((
+                    proj(&layer.q, &layer.q_bias, cfg.num_heads, true)?,
+                    proj(&layer.k, &layer.k_bias, cfg.num_kv_heads, true)?,
+                    proj(&layer.v, &layer.v_bias, cfg.num_kv_heads, false)?,
                 ))
             }
             None => {
@@ -415,7 +460,7 @@ impl Model {
         let mode = pass.mode;
         Ok(match pass.attn {
             Attention::Masked(mask) => sdpa(q, k, v, mask, rep, scale, mode)?,
-            Attention::Causal(lens) if crate::fused::supported(q) => {
+            Attention::Causal(lens) if self.fused_for(q) => {
                 crate::fused::causal_attention(q, k, v, lens, scale, mode == Mode::Train)?
             }
             Attention::Causal(lens) => {
@@ -451,6 +496,9 @@ impl Model {
                 let (layer, mode) = (&self.layers[li], pass.mode);
                 let g = linear(xn, &Self::w(&layer.gate, mode), None)?;
                 let u = linear(xn, &Self::w(&layer.up, mode), None)?;
+                if pass.fused_train {
+                    return Ok(crate::fused_train::swiglu_down(&g, &u, &Self::w(&layer.down, mode))?);
+                }
                 linear(&(candle_nn::ops::silu(&g)? * u)?, &Self::w(&layer.down, mode), None)
             }
         }
@@ -548,7 +596,17 @@ fn linear_frozen(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     Ok(y.reshape((b, t, w_t.dim(1)?))?)
 }
 
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
+/// RMSNorm over the last axis: candle's fused op in [`Mode::Infer`], cream's fused op with a
+/// backward with `pass.fused_train`, else the op-by-op graph.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, pass: &Pass) -> Result<Tensor> {
+    if pass.fused_train {
+        return Ok(crate::fused_train::rms_norm(x, w, eps)?);
+    }
+    rms_norm_graph(x, w, eps, pass.mode)
+}
+
+/// RMSNorm as candle's fused op ([`Mode::Infer`]) or the op-by-op differentiable graph.
+pub(crate) fn rms_norm_graph(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
     Ok(match mode {
         Mode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?,
         Mode::Train => {
@@ -560,7 +618,7 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
 }
 
 /// Rotate-half RoPE on `(B, H, T, D)`; cos/sin are `(T, D/2)` or `(B, T, D/2)`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
     if mode == Mode::Infer {
         return Ok(candle_nn::rotary_emb::rope(x, cos, sin)?);
     }

@@ -175,12 +175,15 @@ pub fn score(model: &Model, convs: &[Conversation], opts: ScoreOptions) -> Resul
 /// With [`Mode::Train`] gradients flow to every parameter.
 pub fn sequence_logprob_sums(model: &Model, batch: &TokenBatch, mode: Mode) -> Result<Tensor> {
     let hidden = batch.hidden_rows(model, mode)?;
-    let logits = model.logits(&hidden, mode)?;
     let dev = model.device();
     let n = batch.targets.len();
-    let picked = if crate::fused::supported(&logits) {
-        crate::fused::target_logprobs(&logits, &batch.targets, mode == Mode::Train)?.reshape((n, 1))?
+    let train = mode == Mode::Train;
+    let picked = if model.fused_for(&hidden) {
+        // Head and log-softmax in one op over row chunks: no (N, vocab) logits, kept or not.
+        let head = model.head_weight(mode);
+        crate::fused_train::head_target_logprobs(&hidden, &head, &batch.targets, train)?.reshape((n, 1))?
     } else {
+        let logits = model.logits(&hidden, mode)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let idx = Tensor::from_slice(&batch.targets, (n, 1), dev)?;
         logp.gather(&idx, D::Minus1)? // (N, 1)

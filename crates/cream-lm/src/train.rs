@@ -99,27 +99,9 @@ impl AdamW {
             match state {
                 Moments::Host { m, v } => {
                     let t = var.as_tensor();
-                    let mut p = t.flatten_all()?.to_vec1::<f32>()?;
-                    let g = g.flatten_all()?.to_vec1::<f32>()?;
-                    ensure!(g.len() == p.len(), "gradient of {} values for a parameter of {}", g.len(), p.len());
-                    use rayon::prelude::*;
-                    const CHUNK: usize = 1 << 14;
-                    p.par_chunks_mut(CHUNK)
-                        .zip(g.par_chunks(CHUNK))
-                        .zip(m.par_chunks_mut(CHUNK))
-                        .zip(v.par_chunks_mut(CHUNK))
-                        .for_each(|(((p, g), m), v)| {
-                            for i in 0..p.len() {
-                                let gi = f64::from(g[i]);
-                                let mi = c.beta1 * f64::from(m[i]) + (1.0 - c.beta1) * gi;
-                                let vi = c.beta2 * f64::from(v[i]) + (1.0 - c.beta2) * gi * gi;
-                                m[i] = mi as f32;
-                                v[i] = vi as f32;
-                                let update = (mi / bc1) / ((vi / bc2).sqrt() + c.eps);
-                                p[i] = (f64::from(p[i]) * keep - lr * update) as f32;
-                            }
-                        });
-                    var.set(&Tensor::from_vec(p, t.shape(), t.device())?)?;
+                    ensure!(g.dims() == t.dims(), "gradient of shape {:?} for a parameter of {:?}", g.dims(), t.dims());
+                    let update = HostUpdate { cfg: c, lr, keep, bc1, bc2, moments: std::sync::Mutex::new((m, v)) };
+                    t.inplace_op2(&g.contiguous()?, &update)?;
                 }
                 Moments::Device { m, v } => {
                     *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
@@ -176,6 +158,82 @@ impl AdamW {
         self.t = steps;
         Ok(())
     }
+}
+
+/// The AdamW update of one f32 CPU parameter, in place in the parameter's storage (which
+/// inference snapshots share, as they shared it with `Var::set` before): parameter, gradient
+/// and moments read and written in one pass, fixed chunks in parallel. No copies of p or g.
+struct HostUpdate<'a> {
+    cfg: OptimConfig,
+    lr: f64,
+    /// `1 - lr * weight_decay`, or 1 without decay.
+    keep: f64,
+    bc1: f64,
+    bc2: f64,
+    moments: std::sync::Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+}
+
+impl candle_core::InplaceOp2 for HostUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "cream-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 14;
+        let (candle_core::CpuStorage::F32(p), Some((a, b))) = (s1, l1.contiguous_offsets()) else {
+            candle_core::bail!("adamw: parameters must be contiguous f32")
+        };
+        let g = crate::fused::slice(s2, l2, "gradient")?;
+        let mut guard = self.moments.lock().expect("moments lock");
+        let (m, v) = &mut *guard;
+        let p = &mut p[a..b];
+        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!("adamw: gradient of {} values for a parameter of {}", g.len(), p.len());
+        }
+        let (c, lr, keep, bc1, bc2) = (self.cfg, self.lr, self.keep, self.bc1, self.bc2);
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for i in 0..p.len() {
+                    let gi = f64::from(g[i]);
+                    let mi = c.beta1 * f64::from(m[i]) + (1.0 - c.beta1) * gi;
+                    let vi = c.beta2 * f64::from(v[i]) + (1.0 - c.beta2) * gi * gi;
+                    m[i] = mi as f32;
+                    v[i] = vi as f32;
+                    let update = (mi / bc1) / ((vi / bc2).sqrt() + c.eps);
+                    p[i] = (f64::from(p[i]) * keep - lr * update) as f32;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `g * scale` as candle's affine computes it (`x * (scale as f32) + 0`), in parallel over fixed
+/// chunks on the CPU (candle's runs on one thread).
+fn scaled(g: &Tensor, scale: f64) -> Result<Tensor> {
+    if !crate::fused::supported(g) {
+        return Ok((g * scale)?);
+    }
+    let g = g.contiguous()?;
+    let (storage, layout) = g.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { unreachable!("checked by fused::supported") };
+    let x = crate::fused::slice(cpu, layout, "gradient")?;
+    let (mul, add) = (scale as f32, 0f32);
+    use rayon::prelude::*;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(o, x)| {
+        o.iter_mut().zip(x).for_each(|(o, &v)| *o = v * mul + add);
+    });
+    Ok(Tensor::from_vec(out, g.shape(), g.device())?)
 }
 
 /// Sum of squares of a tensor's values, in f64; on the CPU without copying it.
@@ -243,7 +301,7 @@ impl GradAccumulator {
         ensure!(norm.is_finite(), "gradient norm is {norm}: training diverged");
         if max_norm > 0.0 && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
-            let clipped = grads.iter().map(|g| g * scale).collect::<candle_core::Result<_>>()?;
+            let clipped = grads.iter().map(|g| scaled(g, scale)).collect::<Result<_>>()?;
             return Ok((clipped, norm));
         }
         Ok((grads, norm))
