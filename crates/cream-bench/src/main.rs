@@ -72,6 +72,10 @@ enum Cmd {
         repeat: usize,
         #[arg(long, value_enum, default_value = "tiny")]
         warmup: Warmup,
+        /// Arithmetic of generation and scoring (the frozen model): exact `f32`, or the opt-in
+        /// fast mode `bf16` (README "Fast mode"). Training (the dpo workload) is always f32.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        precision: String,
     },
     /// f32 matmul throughput and memory bandwidth; prints one JSON line.
     Probe {
@@ -137,9 +141,10 @@ fn real_main() -> Result<ExitCode> {
             inputs.write(&out)?;
             println!("{}", out.display());
         }
-        Cmd::Run { workload, batch, new_tokens, inputs, model, random_shape, repeat, warmup } => {
+        Cmd::Run { workload, batch, new_tokens, inputs, model, random_shape, repeat, warmup, precision } => {
+            let precision: cream_lm::Precision = precision.parse()?;
             let inputs = Inputs::read(&inputs)?;
-            let (model, model_name) = match (model, random_shape) {
+            let (mut model, model_name) = match (model, random_shape) {
                 (_, Some(shape)) => (shapes::random_model(shapes::named(&shape)?, &device)?, format!("random:{shape}")),
                 (Some(path), None) => (cream_lm::load(&path, &device)?.model, path.display().to_string()),
                 (None, None) => unreachable!("clap requires --model or --random-shape"),
@@ -150,6 +155,8 @@ fn real_main() -> Result<ExitCode> {
                 inputs.vocab_size,
                 model.cfg.vocab_size
             );
+            model.set_precision(precision);
+            let model = model;
             let mut opt = match workload {
                 Workload::Dpo => Some(workloads::dpo_optimizer(&model, &inputs)?),
                 _ => None,
@@ -176,6 +183,7 @@ fn real_main() -> Result<ExitCode> {
                 r.steps = work.steps;
                 r.prompt_tokens = work.prompt_tokens;
                 r.rep = rep;
+                r.precision = precision.to_string();
                 println!("{}", serde_json::to_string(&r)?);
             }
         }

@@ -68,6 +68,8 @@ pub struct Record {
     pub prompt_tokens: usize,
     /// Which repetition inside this process (0 = the first measured run).
     pub rep: usize,
+    /// Arithmetic of the frozen model's matrix products (`f32`, or the fast mode `bf16`).
+    pub precision: String,
 }
 
 impl Record {
@@ -90,6 +92,7 @@ impl Record {
             steps: 0,
             prompt_tokens: 0,
             rep: 0,
+            precision: "f32".into(),
         }
     }
 }

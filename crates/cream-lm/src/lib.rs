@@ -6,6 +6,7 @@
 //! Face layout; [`tokenizer`] renders the model's chat template and finds the scoring boundary.
 
 pub mod checkpoint;
+pub mod bf16;
 pub mod config;
 pub mod fused;
 pub mod fused_train;
@@ -13,6 +14,7 @@ pub mod generate;
 pub mod golden;
 pub mod load;
 pub mod model;
+pub mod precision;
 pub mod rng;
 pub mod score;
 pub mod tokenizer;
@@ -22,6 +24,7 @@ pub use config::{Arch, ModelConfig};
 pub use generate::{FinishReason, GenOutput, GenRequest, SamplingParams, generate, sample_token};
 pub use load::{LoadedModel, load, save_hf_dir};
 pub use model::{Frozen, Mode, Model};
+pub use precision::Precision;
 pub use score::{ScoreOptions, Scored, TokenBatch, score, sequence_logprob_sums};
 pub use tokenizer::{ChatTokenizer, Conversation, Message};
 

@@ -22,6 +22,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::kv_cache::KvCache;
 
 use crate::config::ModelConfig;
+use crate::precision::{FrozenWeight, Precision};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -71,16 +72,18 @@ pub struct Model {
     /// Whether cream's fused CPU kernels (`fused`, `fused_train`) may replace the op-by-op
     /// graph where they apply; off only to compare the two in tests.
     fused: bool,
+    /// The precision of [`Model::frozen`] snapshots (scoring, generation); f32 unless set.
+    precision: Precision,
 }
 
 /// Detached weights of one layer, transposed to contiguous `(in, out)` and concatenated where
 /// projections share an input (q|k|v, gate|up): one matmul each.
 struct FrozenLayer {
-    qkv: Tensor,
+    qkv: FrozenWeight,
     qkv_b: Option<Tensor>,
-    o: Tensor,
-    gate_up: Tensor,
-    down: Tensor,
+    o: FrozenWeight,
+    gate_up: FrozenWeight,
+    down: FrozenWeight,
 }
 
 /// A model's weights snapshotted for inference: fused ops, no autograd graph, weights laid out
@@ -89,7 +92,8 @@ pub struct Frozen<'a> {
     model: &'a Model,
     layers: Vec<FrozenLayer>,
     /// The output projection, `(hidden, vocab)`.
-    head: Tensor,
+    head: FrozenWeight,
+    precision: Precision,
 }
 
 /// What the layers of one forward pass share.
@@ -114,6 +118,11 @@ impl Frozen<'_> {
         self.model
     }
 
+    /// The arithmetic of this snapshot's matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// As [`Model::forward_hidden`] with [`Mode::Infer`].
     pub fn forward_hidden(
         &self,
@@ -127,7 +136,7 @@ impl Frozen<'_> {
 
     /// Logits for hidden rows `(N, hidden)` -> `(N, vocab)`.
     pub fn logits(&self, hidden_rows: &Tensor) -> Result<Tensor> {
-        Ok(hidden_rows.matmul(&self.head)?)
+        self.head.matmul(hidden_rows)
     }
 }
 
@@ -235,6 +244,7 @@ impl Model {
             device: device.clone(),
             cfg,
             fused: true,
+            precision: Precision::F32,
         })
     }
 
@@ -317,13 +327,30 @@ impl Model {
         }
     }
 
-    /// A snapshot of the weights laid out for fast inference (see [`Frozen`]). Take a new one
-    /// after the weights change.
+    /// The precision of this model's [`Model::frozen`] snapshots, i.e. of its scoring and
+    /// generation ([`crate::score()`], [`crate::generate()`]); f32 unless set. Training is f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// A snapshot of the weights laid out for fast inference (see [`Frozen`]), in the model's
+    /// precision ([`Model::set_precision`]). Take a new one after the weights change.
     pub fn frozen(&self) -> Result<Frozen<'_>> {
-        let t = |v: &Var| -> Result<Tensor> { Ok(v.as_tensor().detach().t()?.contiguous()?) };
-        let cat_t = |vs: &[&Var]| -> Result<Tensor> {
+        self.frozen_with(self.precision)
+    }
+
+    /// As [`Model::frozen`], in the given precision.
+    pub fn frozen_with(&self, precision: Precision) -> Result<Frozen<'_>> {
+        let t = |v: &Var| -> Result<FrozenWeight> {
+            FrozenWeight::new(v.as_tensor().detach().t()?.contiguous()?, precision)
+        };
+        let cat_t = |vs: &[&Var]| -> Result<FrozenWeight> {
             let parts: Vec<Tensor> = vs.iter().map(|v| v.as_tensor().detach()).collect();
-            Ok(Tensor::cat(&parts, 0)?.t()?.contiguous()?)
+            FrozenWeight::new(Tensor::cat(&parts, 0)?.t()?.contiguous()?, precision)
         };
         let layers = self
             .layers
@@ -345,7 +372,7 @@ impl Model {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Frozen { model: self, layers, head: t(self.head())? })
+        Ok(Frozen { model: self, layers, head: t(self.head())?, precision })
     }
 
     /// The forward pass; `frozen` selects the fused inference path (fused ops, pre-transposed
@@ -586,14 +613,14 @@ fn linear(x: &Tensor, w: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
 /// `x @ w_t (+ bias)` over the last axis of a `(B, T, in)` tensor, `w_t` already `(in, out)`
 /// and contiguous: at a few rows (decoding) the matmul kernel runs 2-4x faster on it than on
 /// the transposed view of an `(out, in)` weight, which it would pack on every call.
-fn linear_frozen(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+fn linear_frozen(x: &Tensor, w_t: &FrozenWeight, bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
-    let y = x.reshape((b * t, i))?.matmul(w_t)?;
+    let y = w_t.matmul(&x.reshape((b * t, i))?)?;
     let y = match bias {
         Some(bias) => y.broadcast_add(bias)?,
         None => y,
     };
-    Ok(y.reshape((b, t, w_t.dim(1)?))?)
+    Ok(y.reshape((b, t, w_t.out_dim()))?)
 }
 
 /// RMSNorm over the last axis: candle's fused op in [`Mode::Infer`], cream's fused op with a

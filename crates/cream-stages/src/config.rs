@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use cream_algo::{CMode, Method};
+use cream_lm::Precision;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +308,10 @@ pub struct GenerateSection {
     pub max_prompt_tokens: usize,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Arithmetic of the sampling model: `"f32"` (default, exact) or the opt-in fast mode
+    /// `"bf16"` (README "Fast mode"). In the artifact key when not f32, so f32 keys are unchanged.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn default_batch() -> usize {
@@ -330,6 +335,11 @@ pub struct JudgeSection {
     /// `llm-judge` mode: new tokens per judgement.
     #[serde(default = "default_judge_max_new_tokens")]
     pub judge_max_new_tokens: usize,
+    /// Arithmetic of the judge's models (policy and reference scoring, llm-judge sampling):
+    /// `"f32"` (default, exact) or the opt-in fast mode `"bf16"` (README "Fast mode"). Enters the
+    /// score and judge artifact keys when not f32. The DPO step's reference scores stay f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_judgements() -> usize {
@@ -353,6 +363,7 @@ impl Default for JudgeSection {
             judge_temperature: default_judge_temperature(),
             judge_top_p: default_judge_top_p(),
             judge_max_new_tokens: default_judge_max_new_tokens(),
+            precision: Precision::F32,
         }
     }
 }
@@ -591,5 +602,40 @@ mod tests {
         let v = serde_json::to_value(&c.train).unwrap();
         assert_eq!(v, serde_json::to_value(&a.train).unwrap());
         assert!(v.get("checkpoint_every").is_none(), "{v}");
+    }
+
+    /// smoke.toml with `line` added at the top of `section`.
+    fn smoke_in(section: &str, line: &str) -> Result<Pipeline> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/smoke.toml");
+        let text = std::fs::read_to_string(path)?;
+        let head = format!("[{section}]\n");
+        assert!(text.contains(&head), "smoke.toml has no [{section}]");
+        let p: Pipeline = toml::from_str(&text.replacen(&head, &format!("{head}{line}\n"), 1))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    #[test]
+    fn precision_defaults_to_f32_and_only_the_fast_mode_enters_the_key() {
+        let a = smoke_with("").unwrap();
+        assert_eq!((a.generate.precision, a.judge.precision), (Precision::F32, Precision::F32));
+        // f32, default or explicit: the serialized section (the generate key) is as before.
+        let explicit = smoke_in("generate", "precision = \"f32\"").unwrap();
+        let before = serde_json::to_value(&a.generate).unwrap();
+        assert!(before.get("precision").is_none(), "f32 must keep the old keys: {before}");
+        assert_eq!(serde_json::to_value(&explicit.generate).unwrap(), before);
+        let g = smoke_in("generate", "precision = \"bf16\"").unwrap();
+        assert_eq!(g.generate.precision, Precision::Bf16);
+        assert_eq!(serde_json::to_value(&g.generate).unwrap()["precision"], "bf16");
+        let j = smoke_in("judge", "precision = \"bf16\"").unwrap();
+        assert_eq!((j.judge.precision, j.generate.precision), (Precision::Bf16, Precision::F32));
+    }
+
+    #[test]
+    fn unknown_precisions_are_refused() {
+        for section in ["generate", "judge"] {
+            let err = format!("{:#}", smoke_in(section, "precision = \"q8\"").err().expect("q8 accepted"));
+            assert!(err.contains("unknown variant") && err.contains("bf16"), "{section}: {err}");
+        }
     }
 }

@@ -76,7 +76,8 @@ pub fn run(ctx: &Ctx, p: &Pipeline, prompts: &str, model: &Path, iteration: usiz
             }
             .with_rows(names::file::SAMPLES, n));
         }
-        let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        let mut lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        lm.model.set_precision(g.precision);
         let mut reqs = Vec::with_capacity(rows.len() * g.n);
         let mut truncated = 0usize;
         let context = lm.model.cfg.max_position_embeddings;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use cream_core::{Artifact, ArtifactSpec, InputRef, ProduceOutput, SampleRow, ScoreRow, read_table, write_table};
-use cream_lm::ScoreOptions;
+use cream_lm::{Precision, ScoreOptions};
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -16,19 +16,30 @@ use crate::names;
 use crate::shard::{self, Shard};
 
 /// Score every sample of `samples` under `model` (the unsharded [`score_shard`]).
-pub fn score(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: usize) -> Result<Artifact> {
-    score_shard(ctx, samples, model, batch_tokens, Shard::ALL)
+pub fn score(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: usize, precision: Precision) -> Result<Artifact> {
+    score_shard(ctx, samples, model, batch_tokens, precision, Shard::ALL)
 }
 
 /// The spec of the `score` artifact of `samples` under the model input `model` (shard `shard`;
-/// [`Shard::ALL`] is the unsharded spec).
-pub fn score_spec(samples: &Artifact, model: InputRef, batch_tokens: usize, shard: Shard) -> Result<ArtifactSpec> {
+/// [`Shard::ALL`] is the unsharded spec). A precision other than f32 enters the parameters;
+/// f32 keeps the parameters (and so the keys) of the scores made before the fast mode existed.
+pub fn score_spec(
+    samples: &Artifact,
+    model: InputRef,
+    batch_tokens: usize,
+    precision: Precision,
+    shard: Shard,
+) -> Result<ArtifactSpec> {
+    let mut params = json!({"batch_tokens": batch_tokens});
+    if !precision.is_f32() {
+        params["precision"] = json!(precision.as_str());
+    }
     shard.spec(&ArtifactSpec {
         stage: names::stage::SCORE.into(),
         // 2: batches never mix prompts (v1 packed samples of several prompts into one batch, so
         // a sharded run could differ from an unsharded one in the last bits).
         schema_version: 2,
-        params: json!({"batch_tokens": batch_tokens}),
+        params,
         inputs: vec![samples.as_input("samples"), model],
     })
 }
@@ -60,9 +71,16 @@ fn prompt_groups(rows: &[SampleRow]) -> Vec<Vec<usize>> {
 /// Score the samples of `samples` under `model`; for a shard `k/n`, only the samples of the
 /// prompts at positions `p` with `p % n == k`, prompts numbered in order of first appearance in
 /// `samples.parquet` (their rows are the unsharded run's rows; merge with [`merge_scores`]).
-pub fn score_shard(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: usize, shard: Shard) -> Result<Artifact> {
+pub fn score_shard(
+    ctx: &Ctx,
+    samples: &Artifact,
+    model: &Path,
+    batch_tokens: usize,
+    precision: Precision,
+    shard: Shard,
+) -> Result<Artifact> {
     let (model_in, model_path) = ctx.model_input("model", model)?;
-    let spec = score_spec(samples, model_in, batch_tokens, shard)?;
+    let spec = score_spec(samples, model_in, batch_tokens, precision, shard)?;
     ctx.produce(spec, |dir| {
         let rows: Vec<SampleRow> = read_table(&samples.path(names::file::SAMPLES)?)?;
         let rows: Vec<SampleRow> = if shard.is_all() {
@@ -77,7 +95,8 @@ pub fn score_shard(ctx: &Ctx, samples: &Artifact, model: &Path, batch_tokens: us
             let n = write_table::<ScoreRow>(&dir.join(names::file::SCORES), &[])?;
             return Ok(ProduceOutput::default().with_rows(names::file::SCORES, n));
         }
-        let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        let mut lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        lm.model.set_precision(precision);
         let context = lm.model.cfg.max_position_embeddings;
         let mut truncated = 0u64;
         let convs = rows
@@ -148,10 +167,11 @@ pub fn merge_scores(
     samples: &Artifact,
     model: &Path,
     batch_tokens: usize,
+    precision: Precision,
     shards: &[&str],
 ) -> Result<Artifact> {
     let (model_in, _) = ctx.model_input("model", model)?;
-    let spec = score_spec(samples, model_in, batch_tokens, Shard::ALL)?;
+    let spec = score_spec(samples, model_in, batch_tokens, precision, Shard::ALL)?;
     let shards = shard::open_shards(ctx, &spec, shards)?;
     ctx.produce(spec, |dir| {
         let rows: Vec<SampleRow> = read_table(&samples.path(names::file::SAMPLES)?)?;
@@ -171,4 +191,32 @@ pub fn merge_scores(
         Ok(ProduceOutput { extra: shard::merged_extra(&shards, &[]), ..Default::default() }
             .with_rows(names::file::SCORES, n))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use cream_core::{ArtifactSpec, ProduceOutput, write_table};
+
+    use super::*;
+
+    #[test]
+    fn the_fast_mode_enters_the_score_key_and_f32_keeps_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = Ctx::new(tmp.path(), true).unwrap();
+        let spec = ArtifactSpec { stage: names::stage::GENERATE.into(), schema_version: 1, params: json!({}), inputs: vec![] };
+        let samples = ctx
+            .produce(spec, |dir| {
+                let n = write_table::<SampleRow>(&dir.join(names::file::SAMPLES), &[])?;
+                Ok(ProduceOutput::default().with_rows(names::file::SAMPLES, n))
+            })
+            .unwrap();
+        let model = InputRef { name: "model".into(), stage: "source".into(), id: "m".into() };
+        let f32 = score_spec(&samples, model.clone(), 4096, Precision::F32, Shard::ALL).unwrap();
+        assert_eq!(f32.params, json!({"batch_tokens": 4096}), "f32 keeps the keys made before the fast mode");
+        let bf16 = score_spec(&samples, model.clone(), 4096, Precision::Bf16, Shard::ALL).unwrap();
+        assert_eq!(bf16.params, json!({"batch_tokens": 4096, "precision": "bf16"}));
+        assert_ne!(f32.id(), bf16.id());
+        let shard = score_spec(&samples, model, 4096, Precision::Bf16, Shard::new(0, 2).unwrap()).unwrap();
+        assert_ne!(shard.id(), bf16.id());
+    }
 }

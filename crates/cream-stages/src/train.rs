@@ -265,7 +265,7 @@ pub fn dpo(ctx: &Ctx, p: &Pipeline, pairs: &str, model: &Path) -> Result<Artifac
         .with_context(|| format!("pair artifact {} names no samples input", pairs.dir.display()))?;
     let samples = ctx.open(&format!("{}/{}", samples_ref.stage, samples_ref.id), names::stage::GENERATE)?;
     // Reference log-probs: S_{M_t} of every sample, the artifact the current-model judge made.
-    let reference = crate::score::score(ctx, &samples, model, p.judge.batch_tokens)?;
+    let reference = crate::score::score(ctx, &samples, model, p.judge.batch_tokens, cream_lm::Precision::F32)?;
     let (model_in, model_path) = ctx.model_input("model", model)?;
     let spec = ArtifactSpec {
         stage: names::stage::TRAIN.into(),

@@ -11,6 +11,7 @@ use cream_core::Artifact;
 use cream_stages::config::Pipeline;
 use cream_stages::ctx::Ctx;
 use cream_stages::shard::Shard;
+use cream_lm::Precision::F32;
 use cream_stages::{generate, names, prepare, score};
 
 fn repo_root() -> PathBuf {
@@ -115,14 +116,14 @@ fn merged_shards_equal_the_unsharded_artifacts() {
 
     // --- score: unsharded in A, shards 0/2 + 1/2 merged in B.
     let bt = p.judge.batch_tokens;
-    let sc_a = timed("score unsharded", || score::score(&a, &gen_a, model, bt).unwrap());
-    let s0 = timed("score 0/2", || score::score_shard(&b, &gen_b, model, bt, shard("0/2")).unwrap());
-    let s1 = timed("score 1/2", || score::score_shard(&b, &gen_b, model, bt, shard("1/2")).unwrap());
+    let sc_a = timed("score unsharded", || score::score(&a, &gen_a, model, bt, F32).unwrap());
+    let s0 = timed("score 0/2", || score::score_shard(&b, &gen_b, model, bt, F32, shard("0/2")).unwrap());
+    let s1 = timed("score 1/2", || score::score_shard(&b, &gen_b, model, bt, F32, shard("1/2")).unwrap());
     assert_eq!(
         (s0.manifest.files["scores.parquet"].rows, s1.manifest.files["scores.parquet"].rows),
         (Some(4), Some(4))
     );
-    let sc_b = timed("score merge", || score::merge_scores(&b, &gen_b, model, bt, &[&dir(&s0), &dir(&s1)]).unwrap());
+    let sc_b = timed("score merge", || score::merge_scores(&b, &gen_b, model, bt, F32, &[&dir(&s0), &dir(&s1)]).unwrap());
     assert_eq!(sc_b.id(), sc_a.id(), "merged score artifact has the unsharded id");
     assert_eq!(bytes(&sc_b, "scores.parquet"), bytes(&sc_a, "scores.parquet"), "scores.parquet differs");
     assert_eq!(sc_b.manifest.extra["merged_from"], serde_json::json!([s0.id().as_str(), s1.id().as_str()]));
@@ -130,23 +131,23 @@ fn merged_shards_equal_the_unsharded_artifacts() {
     // --- score merge errors: a shard of other parameters, of another shard count, missing, twice.
     // (Shards 3/4 and 4/5 of 3 prompts are empty, so they cost no model time; the parameter and
     // count checks come before the coverage checks.)
-    let other = score::score_shard(&b, &gen_b, model, bt / 2, shard("3/4")).unwrap();
-    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, &[&dir(&s0), &dir(&s1), &dir(&other)]));
+    let other = score::score_shard(&b, &gen_b, model, bt / 2, F32, shard("3/4")).unwrap();
+    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, F32, &[&dir(&s0), &dir(&s1), &dir(&other)]));
     assert!(
         e.contains(&dir(&other)) && e.contains("parameters") && e.contains(&format!("\"batch_tokens\":{}", bt / 2)),
         "{e}"
     );
     assert!(!e.contains(&dir(&s0)) && !e.contains(&dir(&s1)), "only the offending shard is named: {e}");
-    let fifth = score::score_shard(&b, &gen_b, model, bt, shard("4/5")).unwrap();
-    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, &[&dir(&s0), &dir(&s1), &dir(&fifth)]));
+    let fifth = score::score_shard(&b, &gen_b, model, bt, F32, shard("4/5")).unwrap();
+    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, F32, &[&dir(&s0), &dir(&s1), &dir(&fifth)]));
     assert!(e.contains("different shard counts") && e.contains(&dir(&fifth)), "{e}");
-    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, &[&dir(&s1)]));
+    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, F32, &[&dir(&s1)]));
     assert!(e.contains("missing shard 0/2"), "{e}");
-    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, &[&dir(&s1), &dir(&s1), &dir(&s0)]));
+    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, F32, &[&dir(&s1), &dir(&s1), &dir(&s0)]));
     assert!(e.contains("shard 1/2 is given twice"), "{e}");
-    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, &[&dir(&g0), &dir(&g1)]));
+    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, F32, &[&dir(&g0), &dir(&g1)]));
     assert!(e.contains("stage \"generate\"") && e.contains("\"score\""), "{e}");
-    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, &[]));
+    let e = err_text(score::merge_scores(&b, &gen_b, model, bt, F32, &[]));
     assert!(e.contains("nothing to merge"), "{e}");
 
     // --- more shards than prompts: 5 shards of 4 prompts, the last one empty, in a third store
@@ -157,12 +158,12 @@ fn merged_shards_equal_the_unsharded_artifacts() {
     copy_dir(&gen_b.dir, &gen_c_dir);
     let gen_c = c.open(&gen_c_dir.to_string_lossy(), names::stage::GENERATE).unwrap();
     let quarters: Vec<Artifact> = timed("score 5 shards", || {
-        (0..5).map(|k| score::score_shard(&c, &gen_c, model, bt, Shard::new(k, 5).unwrap()).unwrap()).collect()
+        (0..5).map(|k| score::score_shard(&c, &gen_c, model, bt, F32, Shard::new(k, 5).unwrap()).unwrap()).collect()
     });
     assert_eq!(quarters[4].manifest.files["scores.parquet"].rows, Some(0), "shard 4/5 of 4 prompts is empty");
     let paths: Vec<String> = quarters.iter().rev().map(dir).collect();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let sc_c = score::merge_scores(&c, &gen_c, model, bt, &paths).unwrap();
+    let sc_c = score::merge_scores(&c, &gen_c, model, bt, F32, &paths).unwrap();
     assert_eq!(sc_c.id(), sc_a.id());
     assert_eq!(bytes(&sc_c, "scores.parquet"), bytes(&sc_a, "scores.parquet"), "5-way merge differs");
 }

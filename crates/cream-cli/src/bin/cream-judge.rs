@@ -53,10 +53,10 @@ fn main() -> Result<()> {
         let batch_tokens = p.judge.batch_tokens;
         if !shard.is_all() {
             // Rewards need every sample's score: a shard stops at its score artifact.
-            emit(&cream_stages::score::score_shard(&ctx, &samples, &cli.policy, batch_tokens, shard)?);
+            emit(&cream_stages::score::score_shard(&ctx, &samples, &cli.policy, batch_tokens, p.judge.precision, shard)?);
             return Ok(());
         }
-        cream_stages::score::merge_scores(&ctx, &samples, &cli.policy, batch_tokens, &merge)?;
+        cream_stages::score::merge_scores(&ctx, &samples, &cli.policy, batch_tokens, p.judge.precision, &merge)?;
     }
     let a = cream_stages::judge::run(&ctx, &p, &cli.samples, cli.mode, &cli.policy, cli.reference.as_deref())?;
     emit(&a);

@@ -14,11 +14,11 @@ use crate::score::score;
 /// Rewards of `samples` under `policy` against `reference` (required).
 pub(super) fn run(ctx: &Ctx, p: &Pipeline, samples: &Artifact, policy: &Path, reference: Option<&Path>) -> Result<Artifact> {
     let batch_tokens = p.judge.batch_tokens;
-    let pol = score(ctx, samples, policy, batch_tokens)?;
+    let pol = score(ctx, samples, policy, batch_tokens, p.judge.precision)?;
     let Some(reference) = reference else {
         bail!("judge mode dpo needs a reference model (M0)");
     };
-    let reference = score(ctx, samples, reference, batch_tokens)?;
+    let reference = score(ctx, samples, reference, batch_tokens, p.judge.precision)?;
     from_scores(ctx, samples, JudgeMode::Dpo, &pol, Reward::WithReference(&reference, reward))
 }
 

@@ -13,7 +13,7 @@ use crate::score::score;
 
 /// Rewards of `samples` under `policy` alone.
 pub(super) fn run(ctx: &Ctx, p: &Pipeline, samples: &Artifact, policy: &Path) -> Result<Artifact> {
-    let pol = score(ctx, samples, policy, p.judge.batch_tokens)?;
+    let pol = score(ctx, samples, policy, p.judge.batch_tokens, p.judge.precision)?;
     from_scores(ctx, samples, JudgeMode::Likelihood, &pol, Reward::PolicyOnly(reward))
 }
 

@@ -155,7 +155,8 @@ pub(super) fn run(ctx: &Ctx, p: &Pipeline, samples: &Artifact, policy: &Path) ->
     let k = p.judge.judgements;
     ctx.produce(spec, |dir| {
         let rows: Vec<SampleRow> = read_table(&samples.path(names::file::SAMPLES)?)?;
-        let lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        let mut lm = cream_lm::load(&model_path, &cream_lm::default_device()?)?;
+        lm.model.set_precision(p.judge.precision);
         let reqs = requests(&lm, &rows, p)?;
         let pb = crate::progress::bar(reqs.len(), "llm-judge", ctx.quiet);
         let outs = cream_lm::generate(&lm.model, lm.tokenizer.stop_ids(), &reqs, &sampling(p), p.generate.batch_size, &mut |n| {
@@ -199,21 +200,21 @@ fn sampling(p: &Pipeline) -> SamplingParams {
 /// blake3 and the parser version) and the samples and policy model.
 fn spec(p: &Pipeline, samples: &Artifact, model: InputRef) -> ArtifactSpec {
     let j = &p.judge;
-    ArtifactSpec {
-        stage: names::stage::JUDGE.into(),
-        schema_version: 1,
-        params: json!({
-            "mode": JudgeMode::LlmJudge.as_str(),
-            "seed": p.seed,
-            "judgements": j.judgements,
-            "temperature": j.judge_temperature,
-            "top_p": j.judge_top_p,
-            "max_new_tokens": j.judge_max_new_tokens,
-            "template_blake3": cream_core::hash_bytes(JUDGE_TEMPLATE.as_bytes()),
-            "parser": PARSER_VERSION,
-        }),
-        inputs: vec![samples.as_input("samples"), model],
+    let mut params = json!({
+        "mode": JudgeMode::LlmJudge.as_str(),
+        "seed": p.seed,
+        "judgements": j.judgements,
+        "temperature": j.judge_temperature,
+        "top_p": j.judge_top_p,
+        "max_new_tokens": j.judge_max_new_tokens,
+        "template_blake3": cream_core::hash_bytes(JUDGE_TEMPLATE.as_bytes()),
+        "parser": PARSER_VERSION,
+    });
+    // Not f32: in the key (f32 keeps the keys made before the fast mode existed).
+    if !j.precision.is_f32() {
+        params["precision"] = json!(j.precision.as_str());
     }
+    ArtifactSpec { stage: names::stage::JUDGE.into(), schema_version: 1, params, inputs: vec![samples.as_input("samples"), model] }
 }
 
 /// The generation requests: `[judge] judgements` per sample, in sample order, judgement j of
