@@ -21,7 +21,7 @@ pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     let CpuStorage::F32(v) = s else { bail!("{what}: fused kernels take f32") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -35,7 +35,7 @@ fn to_vec(t: &Tensor) -> CResult<Vec<f32>> {
 
 /// `dst (m x n) [+]= a (m x k) * b (k x n)`, each operand given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn mm(
+pub(crate) fn mm(
     m: usize,
     n: usize,
     k: usize,

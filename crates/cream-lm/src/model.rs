@@ -35,6 +35,11 @@ pub enum Attention {
     /// An additive mask broadcastable to `(B, 1, T, T_past + T)`, e.g. from [`attention_mask`]
     /// (left-padded generation with a KV cache).
     Masked(Tensor),
+    /// Right-padded rows that all continue one shared prefix whose keys/values are given
+    /// (inference only, f32 CPU): row `b` has `lens[b]` real tokens, each attending to the whole
+    /// prefix and causally within its row. `prefix[layer]` = that layer's `(k, v)`, each
+    /// `(1, H_kv, P, head_dim)` after RoPE, as a KV cache holds them. See [`crate::prefix`].
+    Prefixed { lens: Vec<usize>, prefix: Vec<(Tensor, Tensor)> },
 }
 
 struct Layer {
@@ -342,6 +347,14 @@ impl Model {
                 "causal attention needs one length in 1..={t} per row, got {lens:?}"
             );
         }
+        if let Attention::Prefixed { lens, prefix } = attn {
+            ensure!(
+                lens.len() == b && lens.iter().all(|&l| l >= 1 && l <= t),
+                "prefixed attention needs one length in 1..={t} per row, got {lens:?}"
+            );
+            ensure!(prefix.len() == self.layers.len(), "prefixed attention needs one prefix (k, v) per layer");
+            ensure!(mode == Mode::Infer, "prefixed attention is inference-only");
+        }
         let mut pass = Pass { b, t, mode, frozen, attn, cos, sin, causal_masks: HashMap::new() };
         for li in 0..self.layers.len() {
             x = self.layer_forward(li, x, &mut pass, cache.as_deref_mut().map(|c| &mut c[li]))?;
@@ -362,7 +375,7 @@ impl Model {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let att = self.attend(&q, &k, &v, pass)?;
+        let att = self.attend(li, &q, &k, &v, pass)?;
         let att = att.transpose(1, 2)?.reshape((pass.b, pass.t, self.cfg.num_heads * self.cfg.head_dim))?;
         let o = match pass.frozen {
             Some(f) => linear_frozen(&att, &f.layers[li].o, None)?,
@@ -407,14 +420,19 @@ impl Model {
     }
 
     /// Attention of `q` over `k`/`v` as `pass.attn` allows, `(B, H, T, head_dim)`: an explicit
-    /// mask, cream's fused causal kernel where it applies, else causal attention row by row.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pass: &mut Pass) -> Result<Tensor> {
+    /// mask, cream's fused causal kernel where it applies, else causal attention row by row;
+    /// with a shared prefix, layer `li`'s prefix keys/values.
+    fn attend(&self, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pass: &mut Pass) -> Result<Tensor> {
         let cfg = &self.cfg;
         let rep = cfg.num_heads / cfg.num_kv_heads;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         let mode = pass.mode;
         Ok(match pass.attn {
             Attention::Masked(mask) => sdpa(q, k, v, mask, rep, scale, mode)?,
+            Attention::Prefixed { lens, prefix } => {
+                let (pk, pv) = &prefix[li];
+                crate::fused_infer::prefix_causal_attention(q, k, v, pk, pv, lens, scale)?
+            }
             Attention::Causal(lens) if crate::fused::supported(q) => {
                 crate::fused::causal_attention(q, k, v, lens, scale, mode == Mode::Train)?
             }
