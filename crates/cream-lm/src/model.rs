@@ -356,6 +356,18 @@ impl Model {
             ensure!(mode == Mode::Infer, "prefixed attention is inference-only");
         }
         let mut pass = Pass { b, t, mode, frozen, attn, cos, sin, causal_masks: HashMap::new() };
+        if let Some(f) = frozen.filter(|_| crate::fused::supported(&x)) {
+            // Inference on the CPU: the fused kernels of `fused_infer`; each layer hands the
+            // next one its residual stream already normed.
+            let eps = self.cfg.rms_norm_eps as f32;
+            let mut xn = rms_norm(&x, &Self::w(&self.layers[0].input_norm, mode), eps, mode)?;
+            for li in 0..self.layers.len() {
+                let next_norm = self.layers.get(li + 1).map_or(&self.norm, |l| &l.input_norm);
+                let c = cache.as_deref_mut().map(|c| &mut c[li]);
+                (x, xn) = self.layer_forward_infer(li, f, x, &xn, next_norm, &mut pass, c)?;
+            }
+            return Ok(xn);
+        }
         for li in 0..self.layers.len() {
             x = self.layer_forward(li, x, &mut pass, cache.as_deref_mut().map(|c| &mut c[li]))?;
         }
@@ -385,6 +397,39 @@ impl Model {
         let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, mode)?;
         let mlp = self.mlp(li, &xn, pass)?;
         Ok((x + mlp)?)
+    }
+
+    /// [`Self::layer_forward`] on the CPU inference path, with the fused kernels of
+    /// [`crate::fused_infer`] (bit-identical to the op-by-op inference path, parallel):
+    /// `xn` is `x` normed by this layer's input norm; returns the new stream and the stream
+    /// normed by `next_norm` (the next layer's input norm, or the final norm).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward_infer(
+        &self,
+        li: usize,
+        f: &Frozen,
+        x: Tensor,
+        xn: &Tensor,
+        next_norm: &Var,
+        pass: &mut Pass,
+        cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        use crate::fused_infer::{add_rms_norm, qkv_rope, silu_mul};
+        let (cfg, fl) = (&self.cfg, &f.layers[li]);
+        let eps = cfg.rms_norm_eps as f32;
+        let qkv = linear_frozen(xn, &fl.qkv, fl.qkv_b.as_ref())?.contiguous()?;
+        let (q, k, v) = qkv_rope(&qkv, &pass.cos, &pass.sin, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let att = self.attend(li, &q, &k, &v, pass)?;
+        let att = att.transpose(1, 2)?.reshape((pass.b, pass.t, cfg.num_heads * cfg.head_dim))?;
+        let o = linear_frozen(&att, &fl.o, None)?;
+        let (x, xn) = add_rms_norm(&x, &o, self.layers[li].post_norm.as_tensor(), eps)?;
+        let h = silu_mul(&linear_frozen(&xn, &fl.gate_up, None)?)?;
+        let mlp = linear_frozen(&h, &fl.down, None)?;
+        Ok(add_rms_norm(&x, &mlp, next_norm.as_tensor(), eps)?)
     }
 
     /// The query, key and value heads of layer `li` for the normed stream `xn`, each
