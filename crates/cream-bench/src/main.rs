@@ -89,6 +89,25 @@ enum Cmd {
         #[arg(long, default_value_t = 1024)]
         bw_mib: usize,
     },
+    /// The judge's scoring of one step: `prompts` generation prompts x `samples` sampled
+    /// responses each, scored per prompt with the prompt's prefix shared
+    /// (`cream_lm::score_shared_prefix`) and unshared (`cream_lm::score_frozen`), alternating;
+    /// prints one JSON line with the medians and the largest per-token log-prob difference.
+    Prefix {
+        #[arg(long)]
+        inputs: PathBuf,
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        prompts: usize,
+        #[arg(long, default_value_t = 4)]
+        samples: usize,
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
+        /// Measured repetitions of each variant.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+    },
     /// Print the Hugging Face config.json of a --random-shape (the baseline builds it).
     Shape { name: String },
     /// Check the golden vectors (../shared/golden) on the current device; exits 1 when over
@@ -197,6 +216,12 @@ fn real_main() -> Result<ExitCode> {
             };
             let p = probe::run(&device, &dev_name, threads, n, shape, bw_mib << 20)?;
             println!("{}", serde_json::to_string(&p)?);
+        }
+        Cmd::Prefix { inputs, model, prompts, samples, new_tokens, repeat } => {
+            let inputs = Inputs::read(&inputs)?;
+            let model = cream_lm::load(&model, &device)?.model;
+            let r = workloads::judge_prefix(&model, &inputs, prompts, samples, new_tokens, repeat)?;
+            println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Shape { name } => {
             println!("{}", serde_json::to_string_pretty(&shapes::named(&name)?.to_hf_json())?);

@@ -129,3 +129,101 @@ pub fn warm_up(model: &Model, inputs: &Inputs, workload: Workload) -> Result<()>
     model.device().synchronize()?;
     Ok(())
 }
+
+/// What [`judge_prefix`] measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrefixRecord {
+    pub prompts: usize,
+    pub samples: usize,
+    /// Tokens of all scored conversations (prompt + response each).
+    pub tokens: usize,
+    pub shared_wall_s: f64,
+    pub shared_cpu_per_wall: f64,
+    pub unshared_wall_s: f64,
+    pub unshared_cpu_per_wall: f64,
+    /// unshared / shared median wall time.
+    pub speedup: f64,
+    pub max_token_logprob_diff: f64,
+    pub max_sum_diff: f64,
+}
+
+/// The judge's scoring of one smoke-size step: `prompts` generation prompts, `samples` responses
+/// of up to `new_tokens` sampled for each (seeds as the generate stage derives them), each
+/// prompt's samples scored as one group, as cream-stages' score does, with the prompt prefix
+/// shared and unshared, alternating for `repeat` rounds (medians; the frozen snapshot is taken
+/// once, outside the timing).
+pub fn judge_prefix(model: &Model, inputs: &Inputs, prompts: usize, samples: usize, new_tokens: usize, repeat: usize) -> Result<PrefixRecord> {
+    ensure!(repeat > 0 && prompts > 0 && samples > 0, "prompts, samples and repeat must be at least 1");
+    let g = &inputs.generation;
+    let reqs: Vec<GenRequest> = (0..prompts)
+        .flat_map(|p| {
+            (0..samples).map(move |s| GenRequest {
+                prompt_ids: g.prompts[p % g.prompts.len()].clone(),
+                seed: cream_lm::rng::sample_seed(0, &format!("bench-{p}"), s as u32),
+            })
+        })
+        .collect();
+    let params = SamplingParams { temperature: g.temperature, top_p: g.top_p, max_new_tokens: new_tokens };
+    let out = cream_lm::generate(model, &g.stop_ids, &reqs, &params, reqs.len(), &mut |_| {})?;
+    let groups: Vec<Vec<Conversation>> = reqs
+        .chunks(samples)
+        .zip(out.chunks(samples))
+        .map(|(rs, os)| {
+            rs.iter()
+                .zip(os)
+                .map(|(r, o)| {
+                    let mut ids = r.prompt_ids.clone();
+                    ids.extend(&o.tokens);
+                    Conversation { ids, score_start: r.prompt_ids.len() }
+                })
+                .collect()
+        })
+        .collect();
+    let frozen = model.frozen()?;
+    let opts = ScoreOptions::default();
+    let run = |shared: bool| -> Result<(Vec<cream_lm::Scored>, crate::measure::Timing)> {
+        crate::measure::timed(|| {
+            let mut all = Vec::new();
+            for convs in &groups {
+                all.extend(if shared {
+                    cream_lm::score_shared_prefix(&frozen, convs, opts)?
+                } else {
+                    cream_lm::score_frozen(&frozen, convs, opts)?
+                });
+            }
+            Ok(all)
+        })
+    };
+    let (mut ts, mut tu) = (Vec::new(), Vec::new());
+    let (mut max_tok, mut max_sum) = (0f64, 0f64);
+    for _ in 0..repeat {
+        let (a, t) = run(false)?;
+        tu.push(t);
+        let (b, t) = run(true)?;
+        ts.push(t);
+        for (x, y) in a.iter().zip(&b) {
+            max_sum = max_sum.max((x.sum - y.sum).abs());
+            for (p, q) in x.token_logprobs.iter().zip(&y.token_logprobs) {
+                max_tok = max_tok.max((p - q).abs());
+            }
+        }
+    }
+    let median = |ts: &mut Vec<crate::measure::Timing>| {
+        ts.sort_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
+        let m = ts[ts.len() / 2];
+        (m.wall_s, m.cpu_s / m.wall_s)
+    };
+    let ((sw, sc), (uw, uc)) = (median(&mut ts), median(&mut tu));
+    Ok(PrefixRecord {
+        prompts,
+        samples,
+        tokens: groups.iter().flatten().map(|c| c.ids.len()).sum(),
+        shared_wall_s: sw,
+        shared_cpu_per_wall: sc,
+        unshared_wall_s: uw,
+        unshared_cpu_per_wall: uc,
+        speedup: uw / sw,
+        max_token_logprob_diff: max_tok,
+        max_sum_diff: max_sum,
+    })
+}

@@ -163,6 +163,52 @@ pub fn generate(
     Ok(out.into_iter().map(|o| o.expect("every request generated")).collect())
 }
 
+/// Sample the next token of every unfinished row of `logits` `(B, vocab)` and append it to
+/// `outs[row]`; a row whose token is in `stop_ids` becomes finished. Returns the next input
+/// token of each row (0 for finished rows, which are masked out anyway).
+///
+/// Rows are sampled in parallel (rayon, one task per row): each row reads only its own logits
+/// and advances only its own RNG, so the tokens are those of a row-by-row loop, whatever the
+/// thread count. On the CPU the logits are read in place, without a copy.
+fn sample_rows(
+    logits: &Tensor,
+    params: &SamplingParams,
+    stop_ids: &[u32],
+    rngs: &mut [SplitMix64],
+    outs: &mut [Vec<u32>],
+    finished: &mut [bool],
+) -> Result<Vec<u32>> {
+    use rayon::prelude::*;
+    let (b, v) = logits.dims2()?;
+    ensure!(rngs.len() == b && outs.len() == b && finished.len() == b, "one RNG, output and flag per row");
+    let logits = logits.contiguous()?;
+    let copied;
+    let (storage, layout) = logits.storage_and_layout();
+    let flat: &[f32] = match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((start, end))) => &data[start..end],
+        _ => {
+            copied = logits.flatten_all()?.to_vec1::<f32>()?;
+            &copied
+        }
+    };
+    let mut next = vec![0u32; b];
+    flat.par_chunks(v)
+        .zip(rngs.par_iter_mut())
+        .zip(outs.par_iter_mut())
+        .zip(finished.par_iter_mut())
+        .zip(next.par_iter_mut())
+        .for_each(|((((row, rng), out), done), next)| {
+            if *done {
+                return;
+            }
+            let tok = sample_token(row, params, rng);
+            out.push(tok);
+            *next = tok;
+            *done = stop_ids.contains(&tok);
+        });
+    Ok(next)
+}
+
 fn generate_batch(
     frozen: &Frozen,
     stop_ids: &[u32],
@@ -195,19 +241,8 @@ fn generate_batch(
         let t = h.dim(1)?;
         // Contiguous: CUDA's matmul takes no strided operands.
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
-        let logits = frozen.logits(&last)?.to_vec2::<f32>()?;
-        let mut next = vec![0u32; b];
-        for row in 0..b {
-            if finished[row] {
-                continue;
-            }
-            let tok = sample_token(&logits[row], params, &mut rngs[row]);
-            outs[row].push(tok);
-            next[row] = tok;
-            if stop_ids.contains(&tok) {
-                finished[row] = true;
-            }
-        }
+        let logits = frozen.logits(&last)?;
+        let next = sample_rows(&logits, params, stop_ids, &mut rngs, &mut outs, &mut finished)?;
         if finished.iter().all(|&f| f) || step + 1 == params.max_new_tokens {
             break;
         }

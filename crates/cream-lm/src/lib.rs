@@ -10,11 +10,13 @@ pub mod bf16;
 pub mod config;
 pub mod fused;
 pub mod fused_train;
+pub mod fused_infer;
 pub mod generate;
 pub mod golden;
 pub mod load;
 pub mod model;
 pub mod precision;
+pub mod prefix;
 pub mod rng;
 pub mod score;
 pub mod tokenizer;
@@ -25,7 +27,8 @@ pub use generate::{FinishReason, GenOutput, GenRequest, SamplingParams, generate
 pub use load::{LoadedModel, load, save_hf_dir};
 pub use model::{Frozen, Mode, Model};
 pub use precision::Precision;
-pub use score::{ScoreOptions, Scored, TokenBatch, score, sequence_logprob_sums};
+pub use prefix::score_shared_prefix;
+pub use score::{ScoreOptions, Scored, TokenBatch, score, score_frozen, sequence_logprob_sums};
 pub use tokenizer::{ChatTokenizer, Conversation, Message};
 
 /// Thread setup of the CPU backend; call once at start-up, before any tensor op and before other

@@ -40,6 +40,11 @@ pub enum Attention {
     /// An additive mask broadcastable to `(B, 1, T, T_past + T)`, e.g. from [`attention_mask`]
     /// (left-padded generation with a KV cache).
     Masked(Tensor),
+    /// Right-padded rows that all continue one shared prefix whose keys/values are given
+    /// (inference only, f32 CPU): row `b` has `lens[b]` real tokens, each attending to the whole
+    /// prefix and causally within its row. `prefix[layer]` = that layer's `(k, v)`, each
+    /// `(1, H_kv, P, head_dim)` after RoPE, as a KV cache holds them. See [`crate::prefix`].
+    Prefixed { lens: Vec<usize>, prefix: Vec<(Tensor, Tensor)> },
 }
 
 struct Layer {
@@ -396,8 +401,28 @@ impl Model {
                 "causal attention needs one length in 1..={t} per row, got {lens:?}"
             );
         }
+        if let Attention::Prefixed { lens, prefix } = attn {
+            ensure!(
+                lens.len() == b && lens.iter().all(|&l| l >= 1 && l <= t),
+                "prefixed attention needs one length in 1..={t} per row, got {lens:?}"
+            );
+            ensure!(prefix.len() == self.layers.len(), "prefixed attention needs one prefix (k, v) per layer");
+            ensure!(mode == Mode::Infer, "prefixed attention is inference-only");
+        }
         let fused_train = mode == Mode::Train && self.fused_for(&x);
         let mut pass = Pass { b, t, mode, fused_train, frozen, attn, cos, sin, causal_masks: HashMap::new() };
+        if let Some(f) = frozen.filter(|_| crate::fused::supported(&x)) {
+            // Inference on the CPU: the fused kernels of `fused_infer`; each layer hands the
+            // next one its residual stream already normed.
+            let eps = self.cfg.rms_norm_eps as f32;
+            let mut xn = rms_norm_graph(&x, &Self::w(&self.layers[0].input_norm, mode), eps, mode)?;
+            for li in 0..self.layers.len() {
+                let next_norm = self.layers.get(li + 1).map_or(&self.norm, |l| &l.input_norm);
+                let c = cache.as_deref_mut().map(|c| &mut c[li]);
+                (x, xn) = self.layer_forward_infer(li, f, x, &xn, next_norm, &mut pass, c)?;
+            }
+            return Ok(xn);
+        }
         for li in 0..self.layers.len() {
             x = self.layer_forward(li, x, &mut pass, cache.as_deref_mut().map(|c| &mut c[li]))?;
         }
@@ -420,7 +445,7 @@ impl Model {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let att = self.attend(&q, &k, &v, pass)?;
+        let att = self.attend(li, &q, &k, &v, pass)?;
         let att = att.transpose(1, 2)?.reshape((pass.b, pass.t, self.cfg.num_heads * self.cfg.head_dim))?;
         let o = match pass.frozen {
             Some(f) => linear_frozen(&att, &f.layers[li].o, None)?,
@@ -430,6 +455,39 @@ impl Model {
         let xn = rms_norm(&x, &Self::w(&layer.post_norm, mode), eps, pass)?;
         let mlp = self.mlp(li, &xn, pass)?;
         Ok((x + mlp)?)
+    }
+
+    /// [`Self::layer_forward`] on the CPU inference path, with the fused kernels of
+    /// [`crate::fused_infer`] (bit-identical to the op-by-op inference path, parallel):
+    /// `xn` is `x` normed by this layer's input norm; returns the new stream and the stream
+    /// normed by `next_norm` (the next layer's input norm, or the final norm).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward_infer(
+        &self,
+        li: usize,
+        f: &Frozen,
+        x: Tensor,
+        xn: &Tensor,
+        next_norm: &Var,
+        pass: &mut Pass,
+        cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        use crate::fused_infer::{add_rms_norm, qkv_rope, silu_mul};
+        let (cfg, fl) = (&self.cfg, &f.layers[li]);
+        let eps = cfg.rms_norm_eps as f32;
+        let qkv = linear_frozen(xn, &fl.qkv, fl.qkv_b.as_ref())?.contiguous()?;
+        let (q, k, v) = qkv_rope(&qkv, &pass.cos, &pass.sin, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let att = self.attend(li, &q, &k, &v, pass)?;
+        let att = att.transpose(1, 2)?.reshape((pass.b, pass.t, cfg.num_heads * cfg.head_dim))?;
+        let o = linear_frozen(&att, &fl.o, None)?;
+        let (x, xn) = add_rms_norm(&x, &o, self.layers[li].post_norm.as_tensor(), eps)?;
+        let h = silu_mul(&linear_frozen(&xn, &fl.gate_up, None)?)?;
+        let mlp = linear_frozen(&h, &fl.down, None)?;
+        Ok(add_rms_norm(&x, &mlp, next_norm.as_tensor(), eps)?)
     }
 
     /// The query, key and value heads of layer `li` for the normed stream `xn`, each
@@ -479,14 +537,19 @@ impl Model {
     }
 
     /// Attention of `q` over `k`/`v` as `pass.attn` allows, `(B, H, T, head_dim)`: an explicit
-    /// mask, cream's fused causal kernel where it applies, else causal attention row by row.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pass: &mut Pass) -> Result<Tensor> {
+    /// mask, cream's fused causal kernel where it applies, else causal attention row by row;
+    /// with a shared prefix, layer `li`'s prefix keys/values.
+    fn attend(&self, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pass: &mut Pass) -> Result<Tensor> {
         let cfg = &self.cfg;
         let rep = cfg.num_heads / cfg.num_kv_heads;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         let mode = pass.mode;
         Ok(match pass.attn {
             Attention::Masked(mask) => sdpa(q, k, v, mask, rep, scale, mode)?,
+            Attention::Prefixed { lens, prefix } => {
+                let (pk, pv) = &prefix[li];
+                crate::fused_infer::prefix_causal_attention(q, k, v, pk, pv, lens, scale)?
+            }
             Attention::Causal(lens) if self.fused_for(q) => {
                 crate::fused::causal_attention(q, k, v, lens, scale, mode == Mode::Train)?
             }

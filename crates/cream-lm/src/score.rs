@@ -18,6 +18,13 @@ pub struct Scored {
     pub mean: f64,
 }
 
+impl Scored {
+    pub(crate) fn new(token_logprobs: Vec<f64>) -> Self {
+        let sum: f64 = token_logprobs.iter().sum();
+        Scored { mean: sum / token_logprobs.len() as f64, sum, token_logprobs }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ScoreOptions {
     /// Upper bound on padded tokens (rows x longest row) per forward pass.
@@ -100,7 +107,7 @@ impl TokenBatch {
 }
 
 /// log p(target) for each hidden row, in chunks of rows; no graph is recorded.
-fn target_logprobs(frozen: &Frozen, rows: &Tensor, targets: &[u32], chunk: usize) -> Result<Vec<f64>> {
+pub(crate) fn target_logprobs(frozen: &Frozen, rows: &Tensor, targets: &[u32], chunk: usize) -> Result<Vec<f64>> {
     let n = rows.dim(0)?;
     let mut out = Vec::with_capacity(n);
     let mut start = 0;
@@ -144,10 +151,15 @@ pub fn logprobs_of_targets(logits: &Tensor, targets: &[u32]) -> Result<Vec<f64>>
 
 /// Score conversations (any order, mixed lengths); results come back in input order.
 pub fn score(model: &Model, convs: &[Conversation], opts: ScoreOptions) -> Result<Vec<Scored>> {
+    score_frozen(&model.frozen()?, convs, opts)
+}
+
+/// [`score`] on a snapshot taken once by the caller (a stage scoring many groups).
+pub fn score_frozen(frozen: &Frozen, convs: &[Conversation], opts: ScoreOptions) -> Result<Vec<Scored>> {
+    let model = frozen.model();
     let mut order: Vec<usize> = (0..convs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(convs[i].ids.len()));
     let mut out: Vec<Option<Scored>> = vec![None; convs.len()];
-    let frozen = model.frozen()?;
     let mut i = 0;
     while i < order.len() {
         // Longest first, so the first row fixes the padded width of the micro-batch.
@@ -158,13 +170,12 @@ pub fn score(model: &Model, convs: &[Conversation], opts: ScoreOptions) -> Resul
         let batch = TokenBatch::new(model, &batch_convs)?;
         let h = frozen.forward_hidden(&batch.ids, &batch.positions, &batch.attn, None)?;
         let hidden = batch.pick_rows(&h)?;
-        let lps = target_logprobs(&frozen, &hidden, &batch.targets, opts.vocab_chunk_rows)?;
+        let lps = target_logprobs(frozen, &hidden, &batch.targets, opts.vocab_chunk_rows)?;
         let mut offset = 0;
         for (&g, &n) in group.iter().zip(&batch.n_scored) {
             let token_logprobs = lps[offset..offset + n].to_vec();
             offset += n;
-            let sum: f64 = token_logprobs.iter().sum();
-            out[g] = Some(Scored { mean: sum / n as f64, sum, token_logprobs });
+            out[g] = Some(Scored::new(token_logprobs));
         }
         i += group.len();
     }

@@ -98,6 +98,52 @@ fn batched_scoring_equals_one_at_a_time() {
 
 #[test]
 #[ignore = "needs `just setup`: the default model in data/models"]
+fn shared_prefix_scoring_matches_unshared_and_golden() {
+    let g = golden("smollm2_logprobs.json");
+    let cases = cream_lm::golden::logprob_cases(&g).unwrap();
+    let lm = default_model();
+    let frozen = lm.model.frozen().unwrap();
+    // Each golden case alone (its prompt as the prefix), the two cases of one prompt together,
+    // and samples of one prompt with several responses (the judge's shape).
+    let mut groups: Vec<Vec<Conversation>> = cases.iter().map(|c| vec![c.conv.clone()]).collect();
+    let mut by_prompt: std::collections::BTreeMap<&str, Vec<Conversation>> = Default::default();
+    for c in &cases {
+        by_prompt.entry(c.prompt.as_str()).or_default().push(c.conv.clone());
+    }
+    groups.extend(by_prompt.into_values().filter(|v| v.len() > 1));
+    let responses = ["Paris.", "The capital of France is Paris, a city on the Seine.", "Lyon?", "I am not sure, but I think it is Paris."];
+    groups.push(responses.iter().map(|r| lm.tokenizer.encode_conversation("What is the capital of France?", r).unwrap()).collect());
+    let golden_of: std::collections::HashMap<Vec<u32>, &cream_lm::golden::LogprobCase> =
+        cases.iter().map(|c| (c.conv.ids.clone(), c)).collect();
+    let (mut worst, mut worst_golden, mut worst_golden_sum) = (0f64, 0f64, 0f64);
+    for (gi, convs) in groups.iter().enumerate() {
+        assert!(cream_lm::prefix::shared_prefix_len(convs) > 0, "group {gi} shares no prefix");
+        for opts in [ScoreOptions::default(), ScoreOptions { max_batch_tokens: 1, vocab_chunk_rows: 7 }] {
+            let shared = cream_lm::score_shared_prefix(&frozen, convs, opts).unwrap();
+            let unshared = cream_lm::score_frozen(&frozen, convs, opts).unwrap();
+            for ((c, a), b) in convs.iter().zip(&shared).zip(&unshared) {
+                assert_eq!(a.token_logprobs.len(), c.ids.len() - c.score_start);
+                for (x, y) in a.token_logprobs.iter().zip(&b.token_logprobs) {
+                    worst = worst.max((x - y).abs());
+                }
+                assert!((a.sum - b.sum).abs() < cream_lm::golden::SUM_LOGPROB_TOL, "group {gi}: sums {} vs {}", a.sum, b.sum);
+                if let Some(gc) = golden_of.get(&c.ids) {
+                    for (x, y) in a.token_logprobs.iter().zip(&gc.token_logprobs) {
+                        worst_golden = worst_golden.max((x - y).abs());
+                    }
+                    worst_golden_sum = worst_golden_sum.max((a.sum - gc.sum_logprob).abs());
+                }
+            }
+        }
+    }
+    eprintln!("shared vs unshared prefix: max |token logprob diff| = {worst:.3e}; vs golden {worst_golden:.3e} (sum {worst_golden_sum:.3e})");
+    assert!(worst < cream_lm::golden::TOKEN_LOGPROB_TOL, "shared vs unshared: {worst}");
+    assert!(worst_golden < cream_lm::golden::TOKEN_LOGPROB_TOL, "shared vs golden: {worst_golden}");
+    assert!(worst_golden_sum < cream_lm::golden::SUM_LOGPROB_TOL, "shared vs golden sums: {worst_golden_sum}");
+}
+
+#[test]
+#[ignore = "needs `just setup`: the default model in data/models"]
 fn train_mode_forward_equals_infer_mode() {
     let lm = default_model();
     let conv = lm.tokenizer.encode_conversation("What is 2+2?", "2+2 = 4.").unwrap();

@@ -245,3 +245,36 @@ fn fused_training_kernels_match_the_op_by_op_graph() {
         assert!(scale > 0.0 && diff <= 1e-4 * scale, "{name}: gradients differ by {diff} (scale {scale})");
     }
 }
+
+#[test]
+fn shared_prefix_scoring_matches_unshared_scoring() {
+    let m = tiny();
+    let frozen = m.frozen().unwrap();
+    // Three "samples" of one 5-token prompt, of different lengths, and one whose boundary
+    // (score_start 3) caps the shared prefix at 2 tokens.
+    let prompt = [3u32, 17, 5, 9, 22];
+    let sample = |resp: &[u32], score_start: usize| {
+        let mut ids = prompt.to_vec();
+        ids.extend(resp);
+        Conversation { ids, score_start }
+    };
+    let group = vec![sample(&[41, 1], 5), sample(&[8, 2, 60, 12, 19, 1], 5), sample(&[30], 5), sample(&[7, 7], 3)];
+    assert_eq!(cream_lm::prefix::shared_prefix_len(&group), 2);
+    assert_eq!(cream_lm::prefix::shared_prefix_len(&group[..3]), 4);
+    for convs in [&group[..], &group[..3], &group[1..2]] {
+        for opts in [ScoreOptions::default(), ScoreOptions { max_batch_tokens: 3, vocab_chunk_rows: 2 }] {
+            let shared = cream_lm::score_shared_prefix(&frozen, convs, opts).unwrap();
+            let unshared = cream_lm::score(&m, convs, opts).unwrap();
+            for (a, b) in shared.iter().zip(&unshared) {
+                assert_eq!(a.token_logprobs.len(), b.token_logprobs.len());
+                for (x, y) in a.token_logprobs.iter().zip(&b.token_logprobs) {
+                    assert!((x - y).abs() < 1e-5, "shared {x} vs unshared {y}");
+                }
+            }
+        }
+    }
+    // No shared prefix at all: the plain path.
+    let c = convs();
+    let a = cream_lm::score_shared_prefix(&frozen, &c, ScoreOptions::default()).unwrap();
+    assert_eq!(a, cream_lm::score(&m, &c, ScoreOptions::default()).unwrap());
+}

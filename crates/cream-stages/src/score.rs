@@ -38,7 +38,9 @@ pub fn score_spec(
         stage: names::stage::SCORE.into(),
         // 2: batches never mix prompts (v1 packed samples of several prompts into one batch, so
         // a sharded run could differ from an unsharded one in the last bits).
-        schema_version: 2,
+        // 3: each prompt's prefix is run once and shared by its samples
+        // (`cream_lm::score_shared_prefix`); values change in the last bits.
+        schema_version: 3,
         params,
         inputs: vec![samples.as_input("samples"), model],
     })
@@ -110,15 +112,19 @@ pub fn score_shard(
             })
             .collect::<Result<Vec<_>>>()?;
         let pb = crate::progress::bar(convs.len(), "score", ctx.quiet);
+        let frozen = lm.model.frozen()?;
+        let opts = ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() };
         let mut scores: Vec<Option<ScoreRow>> = vec![None; rows.len()];
         // Batches never mix prompts: the samples of one prompt are scored together (packed by
         // batch_tokens among themselves). A sample's numbers depend on the shapes of the batch it
         // is in (matrix products round differently for other row counts), so this keeps them a
         // function of its own prompt's samples: a shard (whole prompts) scores every sample in
-        // exactly the batch an unsharded run uses, and the merge is bit-identical.
+        // exactly the batch an unsharded run uses, and the merge is bit-identical. The prompt,
+        // which every sample of the group starts with, is run through the model once and its
+        // keys/values are shared by the samples' rows.
         for group in prompt_groups(&rows) {
             let convs: Vec<_> = group.iter().map(|&i| convs[i].clone()).collect();
-            let s = cream_lm::score(&lm.model, &convs, ScoreOptions { max_batch_tokens: batch_tokens, ..Default::default() })?;
+            let s = cream_lm::score_shared_prefix(&frozen, &convs, opts)?;
             for (&i, s) in group.iter().zip(s) {
                 scores[i] = Some(ScoreRow {
                     prompt_id: rows[i].prompt_id.clone(),
