@@ -27,8 +27,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# (workload, generation batch); batch is ignored for score / dpo.
-FULL_WORKLOADS = [("gen", 1), ("gen", 16), ("gen", 64), ("score", 0), ("dpo", 0)]
+# (workload, generation batch, variant); batch is ignored for score / dpo. Variant "bf16": cream's
+# opt-in fast mode for frozen models (`--precision bf16`) and llama.cpp on the bf16 GGUF, against
+# PyTorch in f32 (the issue's target: fast-mode scoring >= 2x PyTorch f32).
+FULL_WORKLOADS = [("gen", 1, ""), ("gen", 16, ""), ("gen", 64, ""), ("score", 0, ""), ("dpo", 0, ""),
+                  ("gen", 16, "bf16"), ("score", 0, "bf16")]
+VARIANTS = ("", "bf16")
 IMPLS = ("cream", "pytorch", "llamacpp")
 # The workloads llama.cpp runs (it has no training step).
 LLAMACPP_WORKLOADS = ("gen", "score")
@@ -63,7 +67,17 @@ def parse_records(stdout):
 
 
 def workload_key(rec):
-    return "%s-b%d" % (rec["workload"], rec["batch"]) if rec["workload"] == "gen" else rec["workload"]
+    key = "%s-b%d" % (rec["workload"], rec["batch"]) if rec["workload"] == "gen" else rec["workload"]
+    return key + ("-" + rec["variant"] if rec.get("variant") else "")
+
+
+def parse_workload(text):
+    """`gen-b16`, `score`, `dpo`, optionally with a variant suffix (`score-bf16`) -> (workload,
+    batch, variant)."""
+    m = re.fullmatch(r"(gen-b(\d+)|score|dpo)(?:-(\w+))?", text.strip())
+    if not m or (m.group(3) or "") not in VARIANTS or (m.group(3) and m.group(1) == "dpo"):
+        raise ValueError("unknown workload %r (gen-bN, score or dpo; gen/score may end in -bf16)" % text)
+    return ("gen", int(m.group(2)), m.group(3) or "") if m.group(2) else (m.group(1), 0, m.group(3) or "")
 
 
 class Shape:
@@ -438,7 +452,8 @@ def main(argv=None):
     ap.add_argument("--reps-big", type=int, default=2, help="repetitions for generation at batch >= 64")
     ap.add_argument("--repeat", type=int, default=1, help="measured runs inside each process")
     ap.add_argument("--warmup", default="tiny", choices=["tiny", "full"])
-    ap.add_argument("--workloads", default=None, help="comma list of gen-bN, score, dpo (default: all)")
+    ap.add_argument("--workloads", default=None,
+                    help="comma list of gen-bN, score, dpo, gen-bN-bf16, score-bf16 (default: all)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny workloads, 1 repetition each order")
     ap.add_argument("--out", default=None, help="default bench/results.md (--quick: bench/work/results-quick.md)")
@@ -452,6 +467,8 @@ def main(argv=None):
                     help="llama.cpp's build/bin (bench/llamacpp.sh)")
     ap.add_argument("--llamacpp-gguf", default=os.path.join(HERE, "work", "smollm2-f32.gguf"),
                     help="the model for llama.cpp (convert_hf_to_gguf.py of --hf)")
+    ap.add_argument("--llamacpp-gguf-bf16", default=os.path.join(HERE, "work", "smollm2-bf16.gguf"),
+                    help="llama.cpp's model for the -bf16 workloads")
     ap.add_argument("--llamacpp-kv", default="f32", help="llama.cpp's KV cache type (-ctk/-ctv)")
     ap.add_argument("--no-llamacpp", action="store_true", help="no llama.cpp column")
     ap.add_argument("--impls", default=",".join(IMPLS),
@@ -472,10 +489,10 @@ def main(argv=None):
 
     workloads = FULL_WORKLOADS
     if args.workloads:
-        workloads = []
-        for w in args.workloads.split(","):
-            m = re.fullmatch(r"gen-b(\d+)", w.strip())
-            workloads.append(("gen", int(m.group(1))) if m else (w.strip(), 0))
+        try:
+            workloads = [parse_workload(w) for w in args.workloads.split(",")]
+        except ValueError as e:
+            ap.error(str(e))
     inputs_path = args.inputs
     work_dir = os.path.dirname(os.path.abspath(inputs_path))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -503,7 +520,7 @@ def main(argv=None):
         with open(inputs_path, "w") as f:
             json.dump(inputs, f)
         if not args.workloads:
-            workloads = [("gen", 1), ("gen", 8), ("score", 0), ("dpo", 0)]
+            workloads = [("gen", 1, ""), ("gen", 8, ""), ("score", 0, ""), ("dpo", 0, ""), ("score", 0, "bf16")]
         args.new_tokens = min(args.new_tokens, 16)
         args.reps, args.reps_big = 2, 2
 
@@ -545,7 +562,7 @@ def main(argv=None):
 
     probe_recs = probes()
     records = []
-    for (w, b) in workloads:
+    for (w, b, variant) in workloads:
         reps = args.reps_big if (w == "gen" and b >= 64) else args.reps
         for rep in range(reps):
             impls = [i for i in ("cream", "pytorch") if i in impls_wanted]
@@ -558,19 +575,21 @@ def main(argv=None):
                     common += ["--batch", str(b), "--new-tokens", str(args.new_tokens)]
                 if impl == "llamacpp":
                     plan = llamacpp_plan(w, b, inputs, args.new_tokens)
+                    gguf = args.llamacpp_gguf_bf16 if variant == "bf16" else args.llamacpp_gguf
                     # --repeat K: K rows of the same configuration in the one process.
-                    cmd = [batched_bench, "-m", args.llamacpp_gguf, "-c", str(plan["ctx"]),
+                    cmd = [batched_bench, "-m", gguf, "-c", str(plan["ctx"]),
                            "-npp", str(plan["npp"]), "-ntg", str(plan["ntg"]),
                            "-npl", ",".join([str(plan["npl"])] * args.repeat),
                            "-t", str(args.threads), "-tb", str(args.threads),
                            "-ctk", args.llamacpp_kv, "-ctv", args.llamacpp_kv, "--output-format", "md"]
                     got = run_llamacpp(cmd, w, b, env, args.timeout, log)
                 elif impl == "cream":
-                    got = run_proc([args.cream, "run"] + common + cream_model + threads, env, args.timeout, log)
+                    prec = ["--precision", variant] if variant else []
+                    got = run_proc([args.cream, "run"] + common + prec + cream_model + threads, env, args.timeout, log)
                 else:
                     got = run_proc(baseline + ["run"] + common + py_model + threads + dev, env, args.timeout, log)
                 for r in got:
-                    r["outer_rep"], r["order"] = rep, "/".join(order)
+                    r["outer_rep"], r["order"], r["variant"] = rep, "/".join(order), variant
                     records.append(r)
                     print("  %-7s %-8s rep %d.%d: %.1f tok/s, %.1f tok/CPU-s, CPU/wall %.2f, %.0f MB" % (
                         r["impl"], workload_key(r), rep, r.get("rep", 0), r["tok_per_s"], r["tok_per_cpu_s"], r["cpu_per_wall"], r["peak_rss_mb"]), file=log, flush=True)
@@ -612,6 +631,8 @@ def main(argv=None):
     md.append("Medians over the repetitions. tok/CPU-s = tokens per process CPU-second (getrusage, user + system, "
               "all threads): the work per unit of CPU actually obtained, robust to the VM's varying capacity. "
               "Ratios are cream / pytorch and cream / llama.cpp (> 1: cream better; for RSS < 1: cream smaller). CPU/wall lists every run. "
+              "Rows ending in -bf16: cream's opt-in fast mode (`--precision bf16`: bf16 matmul weights and activations, f32 sums) "
+              "and llama.cpp on the bf16 GGUF, against PyTorch in f32. "
               "`limit s` = FLOPs / matmul peak (decoding: the larger of that and weight + KV bytes / bandwidth); "
               "% of limit = limit / measured wall time.")
     md.append("")
@@ -635,8 +656,8 @@ def main(argv=None):
         json.dump({"info": info, "probes": probe_recs, "records": records, "rows": rows,
                    "peak_flops": peak, "bandwidth": bw}, f, indent=1)
     print(text)
-    missing = [(w, b) for (w, b) in workloads if not any(
-        r["workload"] == w and (w != "gen" or r["batch"] == b) for r in records)]
+    missing = [(w, b, v) for (w, b, v) in workloads if not any(
+        r["workload"] == w and (w != "gen" or r["batch"] == b) and r.get("variant", "") == v for r in records)]
     if missing:
         print("warning: no records for %s (see the log above)" % missing, file=log)
         return 1

@@ -123,6 +123,30 @@ class LlamaCpp(unittest.TestCase):
         self.assertEqual((p["npp"], p["ntg"], p["npl"]), (252, 0, 2))
         self.assertIsNone(run.llamacpp_plan("dpo", 0, inputs, 128))
 
+    def test_workload_names_and_variants(self):
+        self.assertEqual(run.parse_workload("gen-b16"), ("gen", 16, ""))
+        self.assertEqual(run.parse_workload(" score-bf16"), ("score", 0, "bf16"))
+        self.assertEqual(run.parse_workload("gen-b64-bf16"), ("gen", 64, "bf16"))
+        self.assertEqual(run.parse_workload("dpo"), ("dpo", 0, ""))
+        for bad in ("dpo-bf16", "score-q8", "gen", "gen-bx"):
+            with self.assertRaises(ValueError):
+                run.parse_workload(bad)
+        rec = {"workload": "gen", "batch": 16, "variant": "bf16"}
+        self.assertEqual(run.workload_key(rec), "gen-b16-bf16")
+        self.assertEqual(run.workload_key({"workload": "score", "batch": 0}), "score")
+        # The two variants of a workload are two rows of the summary.
+        recs = []
+        for variant, tps in (("", 100.0), ("bf16", 150.0)):
+            for impl in ("cream", "pytorch"):
+                recs.append({"impl": impl, "workload": "score", "batch": 0, "variant": variant, "tokens": 1000,
+                             "wall_s": 1000 / (tps if impl == "cream" else 50.0), "cpu_s": 1.0,
+                             "tok_per_s": tps if impl == "cream" else 50.0, "tok_per_cpu_s": 1.0,
+                             "cpu_per_wall": 1.0, "peak_rss_mb": 1.0})
+        inputs = {"score": [{"ids": [1] * 10, "score_start": 1}]}
+        rows = run.summarize(recs, run.Shape(SMOL), inputs, 1e11, 1e10)
+        self.assertEqual([r["key"] for r in rows], ["score", "score-bf16"])
+        self.assertEqual([r["ratio_tok_per_s"] for r in rows], [2.0, 3.0])
+
     def test_order_alternates(self):
         self.assertEqual(run.impl_order(["cream", "pytorch"], 0), ["cream", "pytorch"])
         self.assertEqual(run.impl_order(["cream", "pytorch"], 1), ["pytorch", "cream"])

@@ -18,7 +18,7 @@
 //! function of the group, the rows are packed within the group), so the scoring-batch rule of
 //! ARCHITECTURE.md holds when the group is one prompt's samples.
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use candle_core::Tensor;
 
 use crate::model::{Attention, Frozen};
@@ -49,23 +49,8 @@ pub fn score_shared_prefix(frozen: &Frozen, convs: &[Conversation], opts: ScoreO
         return score_frozen(frozen, convs, opts);
     }
     let dev = model.device();
-    let vocab = model.cfg.vocab_size as u32;
-    let max_pos = model.cfg.max_position_embeddings;
     for c in convs {
-        ensure!(
-            c.score_start >= 1 && c.score_start < c.ids.len(),
-            "scoring boundary {} is outside the sequence of {} tokens",
-            c.score_start,
-            c.ids.len()
-        );
-        ensure!(
-            c.ids.len() <= max_pos,
-            "sequence of {} tokens exceeds the model's context window of {max_pos}; truncate it",
-            c.ids.len()
-        );
-        if let Some(bad) = c.ids.iter().find(|&&i| i >= vocab) {
-            anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab}");
-        }
+        crate::score::check_scorable(model, c)?;
     }
 
     // The prefix, once: its per-layer keys/values (after RoPE) from a KV cache of exactly p.

@@ -39,6 +39,28 @@ impl Default for ScoreOptions {
     }
 }
 
+/// Whether `model` can score `c`: a scoring boundary inside the sequence, the sequence within
+/// the context window, every token id in the vocabulary.
+pub(crate) fn check_scorable(model: &Model, c: &Conversation) -> Result<()> {
+    let max_pos = model.cfg.max_position_embeddings;
+    ensure!(
+        c.score_start >= 1 && c.score_start < c.ids.len(),
+        "scoring boundary {} is outside the sequence of {} tokens",
+        c.score_start,
+        c.ids.len()
+    );
+    ensure!(
+        c.ids.len() <= max_pos,
+        "sequence of {} tokens exceeds the model's context window of {max_pos}; truncate it",
+        c.ids.len()
+    );
+    let vocab = model.cfg.vocab_size as u32;
+    if let Some(bad) = c.ids.iter().find(|&&i| i >= vocab) {
+        anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab}");
+    }
+    Ok(())
+}
+
 /// A right-padded batch and the flat (row, target) pairs of its scored tokens.
 pub struct TokenBatch {
     pub ids: Tensor,
@@ -56,33 +78,18 @@ impl TokenBatch {
         let dev = model.device();
         let t = convs.iter().map(|c| c.ids.len()).max().unwrap_or(0);
         ensure!(t > 0, "cannot score an empty batch");
-        let max_pos = model.cfg.max_position_embeddings;
         let mut ids = vec![0u32; convs.len() * t];
         let mut rows = Vec::new();
         let mut targets = Vec::new();
         let mut n_scored = Vec::with_capacity(convs.len());
         for (b, c) in convs.iter().enumerate() {
-            ensure!(
-                c.score_start >= 1 && c.score_start < c.ids.len(),
-                "scoring boundary {} is outside the sequence of {} tokens",
-                c.score_start,
-                c.ids.len()
-            );
-            ensure!(
-                c.ids.len() <= max_pos,
-                "sequence of {} tokens exceeds the model's context window of {max_pos}; truncate it",
-                c.ids.len()
-            );
+            check_scorable(model, c)?;
             ids[b * t..b * t + c.ids.len()].copy_from_slice(&c.ids);
             for pos in c.score_start..c.ids.len() {
                 rows.push((b * t + pos - 1) as u32);
                 targets.push(c.ids[pos]);
             }
             n_scored.push(c.ids.len() - c.score_start);
-        }
-        let vocab = model.cfg.vocab_size as u32;
-        if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
-            anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
         Ok(TokenBatch {
             ids: Tensor::from_vec(ids, (convs.len(), t), dev)?,
