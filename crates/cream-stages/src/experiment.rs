@@ -21,7 +21,7 @@ use cream_core::{Artifact, EvalRow, McEvalRow, MetricRow, RewardRow, Store, read
 use cream_plot::{Chart, Point, Series};
 
 use crate::names;
-use crate::report::role as roles;
+use crate::names::report_role as roles;
 
 /// Bootstrap resamples for intervals and paired differences.
 pub const REPS: usize = 4000;

@@ -72,3 +72,25 @@ pub mod eval_method {
     /// Multiple-choice options scored by log-likelihood (`mc_eval.parquet`).
     pub const LOGLIK: &str = "loglik";
 }
+
+/// The input roles of a `report` artifact (`cream-report` names them; `--list`, `--from` and
+/// `experiment` read them). Per-model roles carry the model's index `i`: `train2`
+/// is M2, `consistency2` and `pairs2` belong to the iteration that trained it, `eval2` and `mc2`
+/// evaluate it. The final models' consistency is one role without an index.
+pub mod report_role {
+    pub const CONSISTENCY: &str = "consistency";
+    pub const PAIRS: &str = "pairs";
+    pub const TRAIN: &str = "train";
+    pub const EVAL: &str = "eval";
+    pub const MC: &str = "mc";
+    pub const FINAL_CONSISTENCY: &str = "final_consistency";
+    /// The indexed roles of the iteration that trained a model.
+    pub const ITERATION: [&str; 3] = [CONSISTENCY, PAIRS, TRAIN];
+    /// The indexed roles of a model's evaluations.
+    pub const MODEL: [&str; 2] = [EVAL, MC];
+
+    /// The role `prefix` of model `i`, e.g. `indexed(TRAIN, 2)` = `train2`.
+    pub fn indexed(prefix: &str, i: usize) -> String {
+        format!("{prefix}{i}")
+    }
+}

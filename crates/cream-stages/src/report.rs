@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 
 use crate::ctx::Ctx;
 use crate::names;
+use crate::names::report_role as role;
 use crate::summary;
 
 /// The key in a report manifest's `extra` holding the `--config` of the run that produced it.
@@ -70,28 +71,6 @@ pub struct IterationRecord {
     /// On the last model's row: the consistency of the final models (the last iteration's
     /// samples ranked by M_T and M_{T-1}).
     pub final_consistency: Option<String>,
-}
-
-/// The input roles of a report artifact (one place: `cream-report` names them, `--list`,
-/// `--from` and the experiment read them). Per-model roles carry the model's index `i`: `train2`
-/// is M2, `consistency2` and `pairs2` belong to the iteration that trained it, `eval2` and `mc2`
-/// evaluate it. The final models' consistency is one role without an index.
-pub mod role {
-    pub const CONSISTENCY: &str = "consistency";
-    pub const PAIRS: &str = "pairs";
-    pub const TRAIN: &str = "train";
-    pub const EVAL: &str = "eval";
-    pub const MC: &str = "mc";
-    pub const FINAL_CONSISTENCY: &str = "final_consistency";
-    /// The indexed roles of the iteration that trained a model.
-    pub const ITERATION: [&str; 3] = [CONSISTENCY, PAIRS, TRAIN];
-    /// The indexed roles of a model's evaluations.
-    pub const MODEL: [&str; 2] = [EVAL, MC];
-
-    /// The role `prefix` of model `i`, e.g. `indexed(TRAIN, 2)` = `train2`.
-    pub fn indexed(prefix: &str, i: usize) -> String {
-        format!("{prefix}{i}")
-    }
 }
 
 impl IterationRecord {
