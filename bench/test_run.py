@@ -1,5 +1,5 @@
 """Unit tests of run.py's pure parts: `python3 -m unittest bench/test_run.py` (run by `just test`
-through crates/cream-bench/tests/bench_scripts.rs)."""
+through crates/cream-bench/tests/inputs.rs)."""
 
 import json
 import os
