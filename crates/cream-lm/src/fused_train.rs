@@ -206,9 +206,7 @@ impl CustomOp2 for HeadTargetLogprobs {
                         })
                         .collect();
                     let ghc = &mut gh[r0 * hd..][..rows * hd];
-                    for part in &parts {
-                        ghc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-                    }
+                    add_in_order(ghc, &parts);
                 }
                 Ok((gh, gw))
             })
@@ -318,9 +316,7 @@ impl CustomOp2 for RmsNorm {
                         })
                         .collect();
                     let mut dw = vec![0f32; h];
-                    for part in &parts {
-                        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-                    }
+                    add_in_order(&mut dw, &parts);
                     Ok((dx, dw))
                 })
             })
@@ -588,6 +584,15 @@ impl CustomOp1 for HeadsRope {
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, (b, t, h * d), x.device())?))
+    }
+}
+
+
+/// `dst += parts[0] + parts[1] + ...`, element-wise, adding the partial results in their fixed
+/// order (never by thread), so a reduction is bit-identical at any thread count.
+fn add_in_order(dst: &mut [f32], parts: &[Vec<f32>]) {
+    for part in parts {
+        dst.iter_mut().zip(part).for_each(|(a, b)| *a += b);
     }
 }
 
